@@ -29,7 +29,7 @@ def _root(
 
 def _register() -> None:
     """Import command modules; each adds its commands to `app`."""
-    from skyfed.cli import demo, local, spec  # noqa: F401
+    from skyfed.cli import demo, ingest, local, spec  # noqa: F401
 
 
 def main() -> None:
@@ -37,13 +37,16 @@ def main() -> None:
     _register()
     debug = "--debug" in sys.argv or os.environ.get("SKYFED_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # with standalone_mode=False click returns typer.Exit's code instead of exiting
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
     except SkyfedError as exc:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         if exc.hint:
-            err.print(f"[bold]hint:[/] {exc.hint}", highlight=False)
+            err.print(f"[bold]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
@@ -58,6 +61,6 @@ def main() -> None:
             raise SystemExit(exc.exit_code) from None
         if debug:
             raise
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
         err.print("[bold]hint:[/] rerun with --debug for the traceback, and report it.")
         raise SystemExit(2) from None

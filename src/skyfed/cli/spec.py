@@ -15,7 +15,7 @@ from skyfed.spec import check_spec, resolve_spec_path, spec_json_schema
 spec_app = typer.Typer(help="The platform spec: its JSON Schema.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 
-SpecOption = typer.Option(None, "--spec", help="Platform spec (default: $SKYFED_SPEC or ./skyfed.yaml).")
+from skyfed.cli.specopt import SpecOption
 
 
 @app.command()
