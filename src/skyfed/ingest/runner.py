@@ -1,0 +1,413 @@
+"""Batch ingestion of one mapping: extract, harmonize, check, stage, de-duplicate, commit.
+
+Stages, each with clear state (after dlt's extract/normalize/load):
+1. extract: the connector streams record batches in (committed position, position
+   taken now]; records it cannot parse come back as rejects;
+2. harmonize: one compiled DuckDB statement per batch maps and checks every row
+   (skyfed.contracts.harmonize); rows with reasons go to the quarantine stage;
+3. stage: good rows go to an on-disk DuckDB staging table, so a run never holds a
+   whole table in memory;
+4. commit: the staged rows, de-duplicated by key (latest cursor wins, then the
+   latest arrival), are upserted into the region's curated store together with the
+   new source position in one atomic commit. Quarantine records are committed
+   first and idempotently, so a crash between the two commits repeats, never
+   doubles, them.
+Nothing before step 4 is visible to readers, so a crash anywhere leaves the store as
+it was, and the rerun reads the same range again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlglot import exp, parse_one
+
+from skyfed.connectors.base import ReadRequest, Reject
+from skyfed.connectors.registry import connector_for
+from skyfed.contracts.harmonize import CURSOR, FAIL, PROVENANCE, QUARANTINE, RAW, SEQ, WARN, compile_mapping, q
+from skyfed.contracts.types import contract_schema
+from skyfed.errors import SkyfedError
+from skyfed.home import sub_dir
+from skyfed.ingest.positions import position_from_json, position_to_json
+from skyfed.ingest.reference import prepare_reference
+from skyfed.ingest.stores import open_store
+from skyfed.spec.issues import nearest
+from skyfed.spec.models import Mapping, PlatformSpec
+
+ProgressFn = Callable[[int, int | None], None]  # rows so far, total estimate
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("region", pa.string()),
+        ("mapping", pa.string()),
+        ("contract", pa.string()),
+        ("source", pa.string()),
+        ("source_table", pa.string()),
+        ("location", pa.string()),
+        ("cursor", pa.string()),
+        ("reasons", pa.list_(pa.string())),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+        ("quarantined_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+@dataclass
+class MappingResult:
+    """What one mapping's run did; the counts satisfy read = loaded + quarantined + filtered."""
+
+    run_id: str
+    mapping: str
+    region: str
+    source: str
+    source_table: str
+    contract: str
+    status: str = "ok"
+    rows_read: int = 0
+    rows_loaded: int = 0
+    rows_quarantined: int = 0
+    rows_filtered: int = 0
+    rows_superseded: int = 0
+    rows_committed: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    snapshot_id: str | None = None
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    warnings: dict[str, int] = field(default_factory=dict)
+    position_from: dict[str, Any] | None = None
+    position_to: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["rows_per_second"] = round(self.rows_per_second, 1)
+        return d
+
+
+def referenced_columns(mapping: Mapping) -> set[str]:
+    """Source columns that the mapping's expressions, filter, key and cursor use."""
+    names: set[str] = set(mapping.key)
+    if mapping.cursor:
+        names.add(mapping.cursor)
+    for text in [*mapping.columns.values(), *([mapping.filter] if mapping.filter else [])]:
+        tree = parse_one(f"SELECT {text} FROM __t", dialect="duckdb")
+        for col in tree.find_all(exp.Column):
+            if not col.table:
+                names.add(col.name)
+    return names
+
+
+_RULE = re.compile(
+    r"^(?P<col>(?:source column )?[\w.]+): .*?(?P<rule> is below the minimum .*| is above the maximum .*"
+    r"| is not a valid .*| is not one of .*| does not match .*| is not a known .*)$",
+    re.S,
+)
+
+
+def _reason_group(reason: str) -> str:
+    """`fuel_kg: -3 is below the minimum 0` -> `fuel_kg: is below the minimum 0`, for counting by rule."""
+    m = _RULE.match(reason)
+    return f"{m.group('col')}:{m.group('rule')}" if m else reason
+
+
+def run_mapping(
+    spec: PlatformSpec,
+    mapping: Mapping,
+    *,
+    full_refresh: bool = False,
+    run_id: str | None = None,
+    on_progress: ProgressFn | None = None,
+    batch_rows: int = 200_000,
+) -> MappingResult:
+    """Ingest one mapping end to end; raises SkyfedError with nothing committed on failure."""
+    started = time.perf_counter()
+    run_id = run_id or uuid.uuid4().hex[:16]
+    region_name, _, source_name = mapping.source.partition(".")
+    region = spec.regions[region_name]
+    source_spec = region.sources[source_name]
+    contract = spec.contracts[mapping.contract]
+    result = MappingResult(run_id, mapping.name, region_name, mapping.source, mapping.table, mapping.contract)
+
+    store = open_store(region_name, region.store)
+    store.ensure_table(mapping.contract, contract)
+    connector = connector_for(source_spec)
+    stage_dir = sub_dir("tmp", f"run-{run_id}-{mapping.name}")
+    try:
+        info = connector.table_info(mapping.table)
+        source_types = _duckdb_types(info.schema)
+        missing = sorted(referenced_columns(mapping) - set(info.schema.names))
+        if missing:
+            col = missing[0]
+            raise SkyfedError(
+                f"mapping {mapping.name}: source table {mapping.source}.{mapping.table} has no column '{col}'"
+                + (f" (did you mean '{s}'?)" if (s := nearest(col, info.schema.names)) else ""),
+                hint="fix the mapping's expressions in the spec, then rerun `skyfed ingest`",
+            )
+        unused = sorted(set(info.schema.names) - referenced_columns(mapping) - set(PROVENANCE) - {"dt"})
+        if unused:
+            result.notes.append(f"source columns not used by the mapping: {', '.join(unused)}")
+
+        previous = None if full_refresh else store.committed_position(mapping.contract, mapping.name)
+        after = position_from_json(previous)
+        request = ReadRequest(table=mapping.table, cursor=mapping.cursor, batch_rows=batch_rows)
+        upto = connector.position(request)
+        result.position_from = previous
+        result.position_to = position_to_json(upto)
+
+        con = duckdb.connect(str(stage_dir / "stage.duckdb"))
+        con.execute(f"SET temp_directory = '{stage_dir / 'spill'}'")
+        prepare_reference(con, spec)
+        ref_tables = {name: name for name in spec.reference}
+        ref_tables.update({ref.contract: name for name, ref in spec.reference.items()})
+
+        rejects: list[Reject] = []
+        seq = 0
+        batch_no = 0
+        compiled = None
+        staged = False
+        for batch in connector.read(request, upto, after, rejects.append):
+            if batch.num_rows == 0:
+                continue
+            result.rows_read += batch.num_rows
+            result.bytes_read += batch.nbytes
+            batch = pa.Table.from_batches([batch]).append_column(SEQ, pa.array(range(seq, seq + batch.num_rows), pa.int64()))
+            seq += batch.num_rows
+            batch_types = _duckdb_types(batch.schema)
+            if compiled is None or compiled[0] != batch_types:
+                compiled = (batch_types, compile_mapping(mapping, contract, source_types, batch_types, ref_tables))
+            con.register("__batch", batch)
+            out = con.sql(compiled[1].select).to_arrow_table()
+            con.unregister("__batch")
+            result.rows_filtered += batch.num_rows - out.num_rows
+            _raise_on_fail(mapping, out)
+            _count(result.warnings, out[WARN])
+            bad_mask = pc.greater(pc.list_value_length(out[QUARANTINE]), 0)
+            bad = out.filter(bad_mask)
+            good = out.filter(pc.invert(bad_mask))
+            if bad.num_rows:
+                _stage_quarantine(con, _quarantine_rows(bad, mapping, run_id, region_name))
+                _count(result.quarantine_reasons, bad[QUARANTINE])
+                result.rows_quarantined += bad.num_rows
+            if good.num_rows:
+                keep = list(compiled[1].contract_columns) + [CURSOR, SEQ]
+                con.register("__good", good.select(keep))
+                if not staged:
+                    con.execute("CREATE OR REPLACE TABLE stage AS SELECT * FROM __good")
+                    staged = True
+                else:
+                    con.execute("INSERT INTO stage SELECT * FROM __good")
+                con.unregister("__good")
+                result.rows_loaded += good.num_rows
+            if on_progress:
+                on_progress(result.rows_read, info.rows)
+            batch_no += 1
+            crash_point(f"batch:{batch_no}")
+
+        crash_point("after_extract")
+        if rejects:
+            result.rows_read += len(rejects)
+            result.rows_quarantined += len(rejects)
+            _stage_quarantine(con, _reject_rows(rejects, mapping, run_id, region_name))
+            for r in rejects:
+                result.quarantine_reasons[r.reason] = result.quarantine_reasons.get(r.reason, 0) + 1
+
+        # 4. commit: quarantine (idempotent), then data + position atomically
+        if _has_table(con, "quarantine_stage"):
+            qrows = con.sql("SELECT * FROM quarantine_stage").to_arrow_table().cast(QUARANTINE_SCHEMA)
+            store.commit_quarantine(qrows, run_id=run_id)
+            crash_point("after_quarantine_commit")
+        if full_refresh or result.rows_read or position_to_json(upto) != previous:
+            rows = _deduplicated(con, contract, staged)
+            result.rows_superseded = result.rows_loaded - rows.num_rows
+            commit = store.commit(
+                mapping.contract,
+                rows,
+                key=list(contract.key),
+                mapping=mapping.name,
+                position=position_to_json(upto),
+                run_id=run_id,
+                replace=full_refresh,
+            )
+            result.rows_committed = rows.num_rows
+            result.snapshot_id = None if commit.snapshot_id is None else str(commit.snapshot_id)
+            crash_point("after_commit")
+        if result.rows_read == 0:
+            result.status = "no_new_data"
+        con.close()
+    finally:
+        connector.close()
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _duckdb_types(schema: pa.Schema) -> dict[str, str]:
+    """DuckDB's names for an Arrow schema's column types."""
+    con = duckdb.connect()
+    empty = pa.table({f.name: pa.array([], f.type) for f in schema})
+    con.register("__t", empty)
+    rows = con.execute("DESCRIBE SELECT * FROM __t").fetchall()
+    con.close()
+    return {r[0]: r[1] for r in rows}
+
+
+def _raise_on_fail(mapping: Mapping, out: pa.Table) -> None:
+    has_fail = pc.greater(pc.list_value_length(out[FAIL]), 0)
+    if pc.any(has_fail).as_py():
+        first = out.filter(has_fail).slice(0, 1).to_pylist()[0]
+        where = _location_of(first)
+        n = pc.sum(has_fail).as_py()
+        raise SkyfedError(
+            f"mapping {mapping.name}: {n} row(s) break a rule of severity 'fail', first at {where}: {first[FAIL][0]}",
+            hint="nothing was committed; fix the source data or relax the rule's severity, then rerun",
+        )
+
+
+def _location_of(row: dict[str, Any]) -> str:
+    if row.get("_source_object") is not None:
+        return f"{row['_source_object']}:{row.get('_source_row')}"
+    return f"row {row.get(SEQ)} of this run, raw {str(row.get(RAW))[:200]}"
+
+
+def _count(counter: dict[str, int], reasons: pa.ChunkedArray) -> None:
+    """Add reason counts, grouped by rule; vectorized over the distinct reasons."""
+    flat = pc.list_flatten(reasons)
+    if len(flat) == 0:
+        return
+    for item in pc.value_counts(flat).to_pylist():
+        group = _reason_group(item["values"])
+        counter[group] = counter.get(group, 0) + item["counts"]
+
+
+def _quarantine_rows(bad: pa.Table, mapping: Mapping, run_id: str, region: str) -> pa.Table:
+    n = bad.num_rows
+    if "_source_object" in bad.column_names:
+        location = pc.binary_join_element_wise(
+            bad["_source_object"], pc.cast(bad["_source_row"], pa.string()), ":"
+        )
+    else:
+        location = _key_location(bad, mapping)
+    cursor = pc.cast(bad[CURSOR], pa.string()) if bad[CURSOR].type != pa.null() else pa.nulls(n, pa.string())
+    return pa.table(
+        {
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "region": pa.array([region] * n, pa.string()),
+            "mapping": pa.array([mapping.name] * n, pa.string()),
+            "contract": pa.array([mapping.contract] * n, pa.string()),
+            "source": pa.array([mapping.source] * n, pa.string()),
+            "source_table": pa.array([mapping.table] * n, pa.string()),
+            "location": location,
+            "cursor": cursor,
+            "reasons": bad[QUARANTINE],
+            "reason": pc.binary_join(bad[QUARANTINE], "; "),
+            "raw": bad[RAW],
+            "quarantined_at": pa.array([_now()] * n, pa.timestamp("us", tz="UTC")),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
+def _key_location(bad: pa.Table, mapping: Mapping) -> pa.ChunkedArray:
+    """`key=<source key values>` read from the raw record (the source's own key)."""
+    con = duckdb.connect()
+    con.register("__bad", bad.select([RAW, SEQ]))
+    keys = mapping.key or []
+    if keys:
+        parts = " || ',' || ".join(f"coalesce(json_extract_string({RAW}, {_json_path(k)}), 'NULL')" for k in keys)
+        expr = f"'{','.join(keys)}=' || {parts}"
+    else:
+        expr = f"'row ' || CAST({SEQ} AS VARCHAR)"
+    out = con.sql(f"SELECT {expr} AS loc FROM __bad").to_arrow_table()["loc"]
+    con.close()
+    return out
+
+
+def _json_path(key: str) -> str:
+    return "'$.\"" + key.replace('"', '\\"') + "\"'"
+
+
+def _reject_rows(rejects: list[Reject], mapping: Mapping, run_id: str, region: str) -> pa.Table:
+    n = len(rejects)
+    return pa.table(
+        {
+            "run_id": [run_id] * n,
+            "region": [region] * n,
+            "mapping": [mapping.name] * n,
+            "contract": [mapping.contract] * n,
+            "source": [mapping.source] * n,
+            "source_table": [mapping.table] * n,
+            "location": [r.location for r in rejects],
+            "cursor": pa.nulls(n, pa.string()),
+            "reasons": [[r.reason] for r in rejects],
+            "reason": [r.reason for r in rejects],
+            "raw": [r.raw for r in rejects],
+            "quarantined_at": pa.array([_now()] * n, pa.timestamp("us", tz="UTC")),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
+def _stage_quarantine(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> None:
+    con.register("__q", rows)
+    if _has_table(con, "quarantine_stage"):
+        con.execute("INSERT INTO quarantine_stage SELECT * FROM __q")
+    else:
+        con.execute("CREATE TABLE quarantine_stage AS SELECT * FROM __q")
+    con.unregister("__q")
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
+
+
+def _deduplicated(con: duckdb.DuckDBPyConnection, contract: Any, staged: bool) -> pa.Table:
+    """Staged rows, one per key: the latest cursor wins, then the latest arrival."""
+    schema = contract_schema(contract)
+    if not staged:
+        return schema.empty_table()
+    cols = ", ".join(q(c) for c in schema.names)
+    key = ", ".join(q(k) for k in contract.key)
+    if key:
+        sql = (
+            f"SELECT {cols} FROM stage QUALIFY row_number() OVER "
+            f"(PARTITION BY {key} ORDER BY {CURSOR} DESC NULLS LAST, {SEQ} DESC) = 1"
+        )
+    else:
+        sql = f"SELECT {cols} FROM stage"
+    return con.sql(sql).to_arrow_table().cast(schema)
+
+
+def _now() -> Any:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
+
+
+def crash_point(name: str) -> None:
+    """Test hook: SKYFED_CRASH_AT=<name> kills this process (SIGKILL) at that point.
+
+    A fault of our own making, used only because "the process dies between two
+    steps" cannot be produced from outside with any precision.
+    """
+    if os.environ.get("SKYFED_CRASH_AT") == name:
+        os.kill(os.getpid(), 9)
