@@ -42,28 +42,11 @@ from skyfed.home import sub_dir
 from skyfed.ingest.positions import position_from_json, position_to_json
 from skyfed.ingest.reference import prepare_reference
 from skyfed.ingest.stores import open_store
+from skyfed.ingest.stores.base import QUARANTINE_SCHEMA
 from skyfed.spec.issues import nearest
 from skyfed.spec.models import Mapping, PlatformSpec
 
 ProgressFn = Callable[[int, int | None], None]  # rows so far, total estimate
-
-QUARANTINE_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("region", pa.string()),
-        ("mapping", pa.string()),
-        ("contract", pa.string()),
-        ("source", pa.string()),
-        ("source_table", pa.string()),
-        ("location", pa.string()),
-        ("cursor", pa.string()),
-        ("reasons", pa.list_(pa.string())),
-        ("reason", pa.string()),
-        ("raw", pa.string()),
-        ("quarantined_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
 
 @dataclass
 class MappingResult:

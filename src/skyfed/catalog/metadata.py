@@ -1,0 +1,65 @@
+"""Where the metadata database lives: one SQLAlchemy URL for every component.
+
+Locally it is a SQLite file `<state_dir>/catalog.db`; on Google Cloud it is
+PostgreSQL on Cloud SQL in the hub project, given as a SQLAlchemy URL in
+SKYFED_METADATA_URL (e.g. `postgresql+psycopg://user:pw@host:5432/skyfed`).
+pyiceberg's SqlCatalog keeps the Iceberg catalog tables there (`iceberg_tables`,
+`iceberg_namespace_properties`); run tables are added next to them later.
+The database holds metadata only, never rows.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from urllib.parse import urlsplit, urlunsplit
+
+from skyfed.errors import SkyfedError
+from skyfed.home import state_dir
+
+ENV_VAR = "SKYFED_METADATA_URL"
+SQLITE_FILE = "catalog.db"
+
+
+def metadata_url(url: str | None = None) -> str:
+    """The metadata database's SQLAlchemy URL: `url`, else $SKYFED_METADATA_URL, else the local SQLite file."""
+    chosen = url or os.environ.get(ENV_VAR) or f"sqlite:///{state_dir() / SQLITE_FILE}"
+    if "://" not in chosen:
+        raise SkyfedError(
+            f"the metadata database URL {redact(chosen)!r} is not a SQLAlchemy URL",
+            f"set {ENV_VAR} to e.g. postgresql+psycopg://user:password@host:5432/skyfed, or unset it for SQLite",
+        )
+    return chosen
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite:")
+
+
+def prepare(url: str) -> str:
+    """Make the database ready for concurrent use and return the URL.
+
+    For SQLite this switches the file to WAL journaling (persistent, once per file) so
+    that readers (queries, `status`) never block a writer's commit and vice versa.
+    """
+    if is_sqlite(url):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            con = sqlite3.connect(path, timeout=30)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+            finally:
+                con.close()
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, for messages and status output."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

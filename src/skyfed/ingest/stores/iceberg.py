@@ -1,0 +1,592 @@
+"""Iceberg curated store: pyiceberg tables in a SQL catalog, data files in the region's warehouse.
+
+One namespace per region, one table per contract plus `quarantine`. A commit is one
+Iceberg transaction: copy-on-write upsert (rewrite the data files that hold keys
+being replaced, add the new rows) and the mapping's source position in the snapshot
+summary properties, all published by a single compare-and-swap of the table's
+metadata pointer in the catalog database. Files written before the swap are
+unreferenced until it happens, so a crash leaves the old state (plus orphan files)
+or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from skyfed.catalog import metadata as metadata_db
+from skyfed.errors import SkyfedError
+from skyfed.home import state_dir
+from skyfed.ingest.stores.base import (
+    QUARANTINE_KEY,
+    QUARANTINE_PARTITION,
+    QUARANTINE_SCHEMA,
+    QUARANTINE_TABLE,
+    CommitResult,
+    check_contract_name,
+    check_unique,
+    chunks,
+    parse_partition,
+    conform,
+    crash_point,
+    position_json,
+    quarantine_rows,
+    sort_by_key,
+    table_schema,
+)
+from skyfed.spec.models import Contract, IcebergStore
+
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # else gcsfs probes gRPC for 60 s per call
+
+from pyiceberg.catalog.sql import SqlCatalog  # noqa: E402
+from pyiceberg.exceptions import (  # noqa: E402
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
+from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, In  # noqa: E402
+from pyiceberg.io import FileIO  # noqa: E402
+from pyiceberg.io.pyarrow import ArrowScan, _check_pyarrow_schema_compatible, _dataframe_to_data_files  # noqa: E402
+from pyiceberg.table import DataScan, Table, Transaction  # noqa: E402
+from pyiceberg.table.metadata import TableMetadata  # noqa: E402
+from pyiceberg.transforms import (  # noqa: E402
+    DayTransform,
+    HourTransform,
+    MonthTransform,
+    Transform,
+    YearTransform,
+)
+from pyiceberg.types import (  # noqa: E402
+    BooleanType,
+    DateType,
+    DecimalType,
+    DoubleType,
+    IcebergType,
+    IntegerType,
+    LongType,
+    StringType,
+    TimestampType,
+    TimestamptzType,
+)
+
+CATALOG_NAME = "skyfed"
+PROP_CONTRACT = "skyfed.contract"  # table property: the contract JSON the table was last ensured with
+PROP_KEY = "skyfed.key"  # table property: JSON list of key columns
+SNAP_RUN = "skyfed.run_id"  # snapshot summary: marks a skyfed commit
+SNAP_MAPPING = "skyfed.mapping"
+SNAP_OPERATION = "skyfed.operation"  # upsert | replace | quarantine
+SNAP_POSITION = "skyfed.position."  # + mapping name: JSON position; every mapping's is carried forward
+CHUNK_ROWS = 500_000  # a RecordBatchReader is committed in chunks of this many rows (memory bound)
+IN_PRUNE_LIMIT = 200  # pyiceberg's metrics evaluator gives up on IN lists longer than this
+COMMIT_ATTEMPTS = 5
+
+_TRANSFORMS: dict[str, type[Transform[Any, Any]]] = {
+    "year": YearTransform,
+    "month": MonthTransform,
+    "day": DayTransform,
+    "hour": HourTransform,
+}
+
+
+def iceberg_type(type_name: str) -> IcebergType:
+    """The Iceberg type of a canonical column type."""
+    simple: dict[str, IcebergType] = {
+        "string": StringType(),
+        "int32": IntegerType(),
+        "int64": LongType(),
+        "double": DoubleType(),
+        "bool": BooleanType(),
+        "date": DateType(),
+        "timestamp": TimestampType(),
+        "timestamptz": TimestamptzType(),
+    }
+    if type_name in simple:
+        return simple[type_name]
+    if type_name.startswith("decimal("):
+        p, s = type_name[len("decimal(") : -1].split(",")
+        return DecimalType(int(p), int(s))
+    raise SkyfedError(f"the column type {type_name!r} has no Iceberg equivalent")
+
+
+class _Catalog(SqlCatalog):
+    """SqlCatalog with a crash hook between writing metadata.json and swapping the catalog pointer."""
+
+    @staticmethod
+    def _write_metadata(metadata: TableMetadata, io: FileIO, metadata_path: str) -> None:  # type: ignore[override]
+        SqlCatalog._write_metadata(metadata, io, metadata_path)
+        crash_point("iceberg.after_metadata")
+
+
+class IcebergCuratedStore:
+    """A region's Iceberg tables (see the module docstring for the commit protocol)."""
+
+    kind = "iceberg"
+
+    def __init__(self, region: str, spec: IcebergStore, metadata_url: str | None = None):
+        self.region = region
+        self.url = metadata_db.prepare(metadata_db.metadata_url(metadata_url))
+        self.warehouse = _warehouse(spec.warehouse)
+        props: dict[str, str] = {"uri": self.url, "warehouse": self.warehouse, "init_catalog_tables": "true"}
+        if self.warehouse.startswith("gs://"):
+            props.update(_gcs_properties())
+        try:
+            self.catalog = _Catalog(CATALOG_NAME, **props)
+            try:
+                self.catalog.create_namespace(region, {"location": f"{self.warehouse}/{region}"})
+            except NamespaceAlreadyExistsError:
+                pass
+        except SkyfedError:
+            raise
+        except Exception as exc:  # sqlalchemy and driver errors: name the database
+            raise SkyfedError(
+                f"cannot open the Iceberg catalog in the metadata database {metadata_db.redact(self.url)}: {exc}",
+                f"check {metadata_db.ENV_VAR} (unset means the SQLite file under the state folder)",
+            ) from exc
+        self._schemas: dict[str, tuple[pa.Schema, list[str]]] = {}
+
+    def __repr__(self) -> str:
+        return f"IcebergCuratedStore(region={self.region!r}, warehouse={self.warehouse!r})"
+
+    # ------------------------------------------------------------------ tables
+
+    def ensure_table(self, contract_name: str, contract: Contract) -> None:
+        check_contract_name(contract_name)
+        self._ensure(contract_name, table_schema(contract), list(contract.key), contract.partition_by, contract)
+
+    def _ensure(
+        self,
+        name: str,
+        schema: pa.Schema,
+        key: list[str],
+        partition_by: str | None,
+        contract: Contract | None,
+    ) -> Table:
+        ident = (self.region, name)
+        types = _column_types(contract) if contract else _quarantine_types()
+        props = {PROP_KEY: json.dumps(key)}
+        if contract is not None:
+            props[PROP_CONTRACT] = contract.model_dump_json(by_alias=True)
+        try:
+            table = self.catalog.load_table(ident)
+        except NoSuchTableError:
+            table = self._create(ident, schema, key, partition_by, types, props)
+        else:
+            table = self._evolve(table, schema, types, props)
+        self._schemas[name] = (schema, key)
+        return table
+
+    def _create(
+        self,
+        ident: tuple[str, str],
+        schema: pa.Schema,
+        key: list[str],
+        partition_by: str | None,
+        types: dict[str, str],
+        props: dict[str, str],
+    ) -> Table:
+        from pyiceberg.schema import Schema
+        from pyiceberg.types import NestedField
+
+        fields = [
+            NestedField(
+                field_id=i + 1,
+                name=f.name,
+                field_type=_iceberg_field_type(f, types),
+                required=not f.nullable,
+                doc=(f.metadata or {}).get(b"description", b"").decode() or None,
+            )
+            for i, f in enumerate(schema)
+        ]
+        ice_schema = Schema(*fields)
+        part = parse_partition(partition_by, schema.names)
+        try:
+            tx = self.catalog.create_table_transaction(
+                ident, schema=ice_schema, location=f"{self.warehouse}/{ident[0]}/{ident[1]}", properties=props
+            )
+            if part:
+                transform, column = part
+                with tx.update_spec() as spec:
+                    if transform == "identity":
+                        spec.add_identity(column)
+                    else:
+                        spec.add_field(column, _TRANSFORMS[transform](), f"{column}_{transform}")
+            if key and all(not schema.field(k).nullable for k in key):
+                with tx.update_schema() as upd:
+                    upd.set_identifier_fields(*key)
+            return tx.commit_transaction()
+        except TableAlreadyExistsError:  # a concurrent writer created it first
+            return self.catalog.load_table(ident)
+
+    def _evolve(self, table: Table, schema: pa.Schema, types: dict[str, str], props: dict[str, str]) -> Table:
+        current = {f.name: f for f in table.schema().fields}
+        new = [f for f in schema if f.name not in current]
+        changed = {k: v for k, v in props.items() if table.properties.get(k) != v}
+        for f in schema:
+            if f.name in current:
+                want = _iceberg_field_type(f, types)
+                have = current[f.name].field_type
+                if want != have and not _promotable(have, want):
+                    raise SkyfedError(
+                        f"table {self.region}.{table.name()[-1]}: column {f.name} is {have} in the store but "
+                        f"{want} in the contract, and Iceberg cannot change it in place",
+                        "keep the type, or add a new column and a new contract version",
+                    )
+        if not new and not changed and all(_iceberg_field_type(f, types) == current[f.name].field_type for f in schema):
+            return table
+        tx = table.transaction()
+        with tx.update_schema() as upd:
+            for f in schema:
+                if f.name in current and _iceberg_field_type(f, types) != current[f.name].field_type:
+                    upd.update_column(f.name, field_type=_iceberg_field_type(f, types))  # type: ignore[arg-type]
+            for f in new:
+                # Existing rows have no value: new columns are optional in storage even if the contract
+                # says required (quality rules still check the rows loaded from now on).
+                doc = (f.metadata or {}).get(b"description", b"").decode() or None
+                upd.add_column(f.name, _iceberg_field_type(f, types), doc=doc, required=False)
+        if changed:
+            tx.set_properties(changed)
+        try:
+            return tx.commit_transaction()
+        except CommitFailedException:  # someone evolved it concurrently: take theirs if it fits
+            return self.catalog.load_table(table.name())
+
+    def table_names(self) -> list[str]:
+        return sorted(
+            ident[-1]
+            for ident in self.catalog.list_tables(self.region)
+            if ident[-1] != QUARANTINE_TABLE and not ident[-1].startswith("_")
+        )
+
+    def _table(self, name: str) -> Table:
+        try:
+            return self.catalog.load_table((self.region, name))
+        except NoSuchTableError:
+            raise SkyfedError(
+                f"the curated table {self.region}.{name} does not exist",
+                "run `skyfed ingest` for a source that maps to it first",
+            ) from None
+
+    def _schema_and_key(self, name: str, table: Table) -> tuple[pa.Schema, list[str]]:
+        if name in self._schemas:
+            return self._schemas[name]
+        if name == QUARANTINE_TABLE:
+            return QUARANTINE_SCHEMA, QUARANTINE_KEY
+        raw = table.properties.get(PROP_CONTRACT)
+        if raw:
+            contract = Contract.model_validate_json(raw)
+            return table_schema(contract), list(contract.key)
+        return table.schema().as_arrow(), json.loads(table.properties.get(PROP_KEY, "[]"))
+
+    # ------------------------------------------------------------------ reads
+
+    def snapshot_id(self, contract_name: str) -> int | None:
+        snap = self._table(contract_name).current_snapshot()
+        return snap.snapshot_id if snap else None
+
+    def row_count(self, contract_name: str) -> int:
+        return _total_records(self._table(contract_name).current_snapshot())
+
+    def read(self, contract_name: str, snapshot_id: int | str | None = None) -> pa.Table:
+        table = self._table(contract_name)
+        schema, key = self._schema_and_key(contract_name, table)
+        if snapshot_id is not None and table.snapshot_by_id(int(snapshot_id)) is None:
+            raise SkyfedError(f"table {self.region}.{contract_name} has no snapshot {snapshot_id}")
+        scan = table.scan(snapshot_id=int(snapshot_id) if snapshot_id is not None else None)
+        data = scan.to_arrow()
+        return sort_by_key(conform(_drop_unknown(data, schema), schema, f"{self.region}.{contract_name}"), key)
+
+    def committed_position(self, contract_name: str, mapping: str) -> dict[str, Any] | None:
+        props = self._skyfed_summary(self._table(contract_name))
+        raw = props.get(SNAP_POSITION + mapping) if props else None
+        return json.loads(raw) if raw is not None else None
+
+    @staticmethod
+    def _skyfed_summary(table: Table, metadata: TableMetadata | None = None) -> dict[str, str]:
+        """Summary properties of the newest snapshot in the current ancestry written by skyfed.
+
+        Every skyfed commit carries all mappings' positions forward, so the newest one is
+        enough; walking the ancestry skips snapshots made by other tools (compaction).
+        """
+        meta = metadata or table.metadata
+        snap = meta.current_snapshot()
+        while snap is not None:
+            props = snap.summary.additional_properties if snap.summary else {}
+            if SNAP_RUN in props:
+                return dict(props)
+            snap = meta.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+        return {}
+
+    # ------------------------------------------------------------------ writes
+
+    def commit(
+        self,
+        contract_name: str,
+        rows: pa.Table | pa.RecordBatchReader,
+        *,
+        key: list[str],
+        mapping: str,
+        position: dict[str, Any],
+        run_id: str,
+        replace: bool = False,
+    ) -> CommitResult:
+        check_contract_name(contract_name)
+        return self._commit(
+            contract_name, rows, key=key, mapping=mapping, position=position_json(position), run_id=run_id,
+            replace=replace, operation="replace" if replace else "upsert",
+        )  # fmt: skip
+
+    def commit_quarantine(self, rows: pa.Table, *, run_id: str) -> int:
+        if QUARANTINE_TABLE not in self._schemas:
+            self._ensure(QUARANTINE_TABLE, QUARANTINE_SCHEMA, QUARANTINE_KEY, QUARANTINE_PARTITION, None)
+        table = quarantine_rows(rows, run_id=run_id, region=self.region, now=datetime.now(timezone.utc))
+        if table.num_rows == 0:
+            return 0
+        result = self._commit(
+            QUARANTINE_TABLE, table, key=QUARANTINE_KEY, mapping=None, position=None, run_id=run_id,
+            replace=False, operation="quarantine",
+        )  # fmt: skip
+        return result.rows_written
+
+    def _commit(
+        self,
+        name: str,
+        rows: pa.Table | pa.RecordBatchReader,
+        *,
+        key: list[str],
+        mapping: str | None,
+        position: str | None,
+        run_id: str,
+        replace: bool,
+        operation: str,
+    ) -> CommitResult:
+        started = time.perf_counter()
+        crash_point("iceberg.before_write")
+        what = f"{self.region}.{name}"
+        if not key:
+            raise SkyfedError(f"{what}: a commit needs the key columns to upsert by", "set `key` on the contract")
+        replayable = isinstance(rows, pa.Table)
+        for attempt in range(COMMIT_ATTEMPTS):
+            table = self._table(name)
+            schema, _ = self._schema_and_key(name, table)
+            tx = table.transaction()
+            props = self._snapshot_props(table, run_id=run_id, mapping=mapping, position=position,
+                                         replace=replace, operation=operation)  # fmt: skip
+            written = deleted = 0
+            pieces = chunks(rows, CHUNK_ROWS) if replayable or attempt == 0 else iter(())
+            first = True
+            for chunk in pieces:
+                data = conform(chunk, schema, what)
+                check_unique(data, key, what)
+                if first and replace:
+                    deleted += _truncate(tx, props)
+                deleted += _upsert(tx, table.io, data, key, props)
+                written += data.num_rows
+                first = False
+            if first:  # no rows at all: still commit the position (and the truncation for replace)
+                if replace:
+                    deleted += _truncate(tx, props)
+                tx.append(schema.empty_table(), snapshot_properties=props)
+            crash_point("iceberg.after_data_files")
+            try:
+                committed = tx.commit_transaction()
+            except CommitFailedException as exc:
+                if not replayable:
+                    raise SkyfedError(
+                        f"{what}: another writer committed to the table during this commit; nothing was committed",
+                        "run the ingestion again (it resumes from the last committed position)",
+                    ) from exc
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            crash_point("iceberg.after_commit")
+            snap = committed.current_snapshot()
+            return CommitResult(
+                snapshot_id=snap.snapshot_id if snap else None,
+                rows_written=written,
+                rows_deleted=deleted,
+                seconds=time.perf_counter() - started,
+            )
+        raise SkyfedError(
+            f"{what}: {COMMIT_ATTEMPTS} commit attempts lost to concurrent writers; nothing was committed",
+            "run fewer writers per table at once, then run the ingestion again",
+        )
+
+    def _snapshot_props(
+        self,
+        table: Table,
+        *,
+        run_id: str,
+        mapping: str | None,
+        position: str | None,
+        replace: bool,
+        operation: str,
+    ) -> dict[str, str]:
+        """Summary properties of this commit: run, mapping and every mapping's position carried forward."""
+        previous = self._skyfed_summary(table)
+        props = {
+            k: v
+            for k, v in previous.items()
+            if k.startswith(SNAP_POSITION) and not replace  # a full refresh forgets the other mappings
+        }
+        props[SNAP_RUN] = run_id
+        props[SNAP_OPERATION] = operation
+        if mapping is not None and position is not None:
+            props[SNAP_MAPPING] = mapping
+            props[SNAP_POSITION + mapping] = position
+        return props
+
+
+# --------------------------------------------------------------------------- copy-on-write upsert
+
+
+def _upsert(tx: Transaction, io: FileIO, data: pa.Table, key: list[str], props: dict[str, str]) -> int:
+    """Stage one snapshot that replaces rows with the keys of `data` and adds `data`; returns rows replaced.
+
+    Only key columns are read to find the files holding those keys; only those files
+    are read whole and rewritten without the matched rows. Partition values are not
+    used for pruning: an update may move a row to another partition (a rescheduled
+    flight), and the old row must still go.
+    """
+    meta = tx.table_metadata
+    snap = meta.current_snapshot()
+    if _total_records(snap) == 0:
+        tx.append(data, snapshot_properties=props)
+        return 0
+    _check_pyarrow_schema_compatible(meta.schema(), provided_schema=data.schema, format_version=meta.format_version)
+    if data.num_rows == 0:
+        tx.append(data, snapshot_properties=props)
+        return 0
+    new_keys = data.select(key).combine_chunks()
+    tasks = list(DataScan(table_metadata=meta, io=io, row_filter=_prune_filter(new_keys, key)).plan_files())
+    key_schema = meta.schema().select(*key)
+
+    def matches(task: Any) -> tuple[Any, pa.BooleanArray | None]:
+        file_keys = ArrowScan(meta, io, key_schema, AlwaysTrue()).to_table([task])
+        mask = _match_mask(file_keys, new_keys, key)
+        return task, (mask if pc.any(mask).as_py() else None)
+
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(tasks)))) as pool:
+        hits = [(t, m) for t, m in pool.map(matches, tasks) if m is not None]
+    replaced = 0
+    counter = itertools.count(0)
+    with tx.update_snapshot(snapshot_properties=props).overwrite() as producer:
+        for task, mask in hits:
+            whole = ArrowScan(meta, io, meta.schema(), AlwaysTrue()).to_table([task])
+            keep = whole.filter(pc.invert(mask))
+            replaced += whole.num_rows - keep.num_rows
+            producer.delete_data_file(task.file)
+            if keep.num_rows:
+                for f in _dataframe_to_data_files(meta, keep, io, write_uuid=producer.commit_uuid, counter=counter):
+                    producer.append_data_file(f)
+        for f in _dataframe_to_data_files(meta, data, io, write_uuid=producer.commit_uuid, counter=counter):
+            producer.append_data_file(f)
+    return replaced
+
+
+def _truncate(tx: Transaction, props: dict[str, str]) -> int:
+    """Stage the removal of every row (whole files, nothing rewritten); returns the rows removed."""
+    snap = tx.table_metadata.current_snapshot()
+    total = _total_records(snap)
+    if total:
+        tx.delete(AlwaysTrue(), snapshot_properties=props)
+    return total
+
+
+def _prune_filter(new_keys: pa.Table, key: list[str]) -> BooleanExpression:
+    """A superset filter on key values that lets file statistics skip files, when the key list is short."""
+    if new_keys.num_rows > IN_PRUNE_LIMIT:
+        return AlwaysTrue()
+    parts: list[BooleanExpression] = []
+    for k in key:
+        values = pc.unique(new_keys.column(k)).drop_null().to_pylist()
+        parts.append(In(k, set(values)))
+    return parts[0] if len(parts) == 1 else And(*parts)
+
+
+def _match_mask(file_keys: pa.Table, new_keys: pa.Table, key: list[str]) -> pa.BooleanArray:
+    """For each row of `file_keys`, whether its key is among `new_keys` (vectorized)."""
+    if file_keys.num_rows == 0:
+        return pa.array([], pa.bool_())
+    file_keys = file_keys.select(key).cast(new_keys.schema)
+    if len(key) == 1:
+        return pc.is_in(file_keys.column(0), value_set=new_keys.column(0)).combine_chunks()
+    idx = file_keys.append_column("__row", pa.array(range(file_keys.num_rows), pa.int64()))
+    hit = idx.join(new_keys, keys=key, join_type="inner").column("__row")
+    return pc.is_in(pa.array(range(file_keys.num_rows), pa.int64()), value_set=hit.combine_chunks())
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _total_records(snap: Any) -> int:
+    """Rows in a snapshot, from its summary (pyiceberg keeps `total-records` up to date)."""
+    if snap is None or snap.summary is None:
+        return 0
+    return int(snap.summary["total-records"] or 0)
+
+
+def _drop_unknown(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Columns still stored but no longer in the contract are not part of the table's contract view."""
+    return data.select([n for n in data.column_names if schema.get_field_index(n) >= 0])
+
+
+def _column_types(contract: Contract) -> dict[str, str]:
+    return {name: col.type for name, col in contract.columns.items()}
+
+
+def _quarantine_types() -> dict[str, str]:
+    return {f.name: "timestamptz" if pa.types.is_timestamp(f.type) else "string" for f in QUARANTINE_SCHEMA}
+
+
+def _iceberg_field_type(field: pa.Field, types: dict[str, str]) -> IcebergType:
+    if pa.types.is_list(field.type):
+        from pyiceberg.types import ListType
+
+        return ListType(element_id=-1, element_type=StringType(), element_required=False)
+    return iceberg_type(types[field.name])
+
+
+def _promotable(have: IcebergType, want: IcebergType) -> bool:
+    """Iceberg's allowed in-place type promotions."""
+    if isinstance(have, IntegerType) and isinstance(want, LongType):
+        return True
+    if isinstance(have, DecimalType) and isinstance(want, DecimalType):
+        return have.scale == want.scale and want.precision >= have.precision
+    from pyiceberg.types import ListType
+
+    return isinstance(have, ListType) and isinstance(want, ListType)
+
+
+def _warehouse(value: str) -> str:
+    """The warehouse as a URI-ish location: gs://... kept, a local folder made absolute (relative to the state folder)."""
+    if "://" in value:
+        return value.rstrip("/")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = state_dir() / path
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path.resolve())
+
+
+def _gcs_properties() -> dict[str, str]:
+    """FileIO settings for gs:// warehouses: the emulator when STORAGE_EMULATOR_HOST is set, else Google's defaults."""
+    host = os.environ.get("STORAGE_EMULATOR_HOST")
+    if not host:
+        return {"py-io-impl": "pyiceberg.io.fsspec.FsspecFileIO"}
+    if "://" not in host:
+        host = f"http://{host}"
+    return {
+        "py-io-impl": "pyiceberg.io.fsspec.FsspecFileIO",
+        "gcs.service.host": host,
+        "gcs.oauth2.token": "anon",
+        "gcs.project-id": "skyfed-local",
+    }
