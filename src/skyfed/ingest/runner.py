@@ -134,7 +134,11 @@ def run_mapping(
     stage_dir = sub_dir("tmp", f"run-{run_id}-{mapping.name}")
     try:
         info = connector.table_info(mapping.table)
-        source_types = _duckdb_types(info.schema)
+        # Values are taken with the types the source delivers. Text formats (CSV, JSON
+        # lines) deliver text: types inferred from a sample are a guess that a later
+        # file can prove wrong, so casting is the mapping's job (TRY_CAST) and a value
+        # that does not fit becomes NULL, which the contract's rules then judge.
+        source_types: dict[str, str] = {}
         missing = sorted(referenced_columns(mapping) - set(info.schema.names))
         if missing:
             col = missing[0]
@@ -212,6 +216,8 @@ def run_mapping(
                 result.quarantine_reasons[r.reason] = result.quarantine_reasons.get(r.reason, 0) + 1
 
         # 4. commit: quarantine (idempotent), then data + position atomically
+        if full_refresh:
+            store.clear_quarantine(mapping.name, run_id=run_id)
         if _has_table(con, "quarantine_stage"):
             qrows = con.sql("SELECT * FROM quarantine_stage").to_arrow_table().cast(QUARANTINE_SCHEMA)
             store.commit_quarantine(qrows, run_id=run_id)

@@ -112,6 +112,10 @@ class CuratedStore(Protocol):
         """Upsert quarantine records by (mapping, location); returns the number of records written."""
         ...
 
+    def clear_quarantine(self, mapping: str, *, run_id: str) -> None:
+        """Remove `mapping`'s quarantine records; a full refresh judges every record again."""
+        ...
+
     def read(self, contract_name: str, snapshot_id: int | str | None = None) -> pa.Table:
         """The table (at `snapshot_id`, default current) as contract_schema, sorted by key."""
         ...

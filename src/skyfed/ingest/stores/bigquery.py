@@ -357,6 +357,16 @@ class BigQueryCuratedStore:
         )  # fmt: skip
         return result.rows_written
 
+    def clear_quarantine(self, mapping: str, *, run_id: str) -> None:
+        """Forget a mapping's quarantine records (before a full refresh re-judges them all)."""
+        from google.api_core.exceptions import NotFound
+
+        try:
+            self.client.get_table(self._ref(QUARANTINE_TABLE), retry=self._retry)
+        except NotFound:
+            return
+        self._query(f"DELETE FROM {self._sql_ref(QUARANTINE_TABLE)} WHERE mapping = @mapping", {"mapping": mapping})
+
     def _commit(
         self,
         name: str,

@@ -235,18 +235,18 @@ class IcebergCuratedStore:
             if f.name in current:
                 want = _iceberg_field_type(f, types)
                 have = current[f.name].field_type
-                if want != have and not _promotable(have, want):
+                if not _same_type(want, have) and not _promotable(have, want):
                     raise SkyfedError(
                         f"table {self.region}.{table.name()[-1]}: column {f.name} is {have} in the store but "
                         f"{want} in the contract, and Iceberg cannot change it in place",
                         "keep the type, or add a new column and a new contract version",
                     )
-        if not new and not changed and all(_iceberg_field_type(f, types) == current[f.name].field_type for f in schema):
+        if not new and not changed and all(_same_type(_iceberg_field_type(f, types), current[f.name].field_type) for f in schema):
             return table
         tx = table.transaction()
         with tx.update_schema() as upd:
             for f in schema:
-                if f.name in current and _iceberg_field_type(f, types) != current[f.name].field_type:
+                if f.name in current and not _same_type(_iceberg_field_type(f, types), current[f.name].field_type):
                     upd.update_column(f.name, field_type=_iceberg_field_type(f, types))  # type: ignore[arg-type]
             for f in new:
                 # Existing rows have no value: new columns are optional in storage even if the contract
@@ -356,6 +356,16 @@ class IcebergCuratedStore:
             replace=False, operation="quarantine",
         )  # fmt: skip
         return result.rows_written
+
+    def clear_quarantine(self, mapping: str, *, run_id: str) -> None:
+        """Forget a mapping's quarantine records (before a full refresh re-judges them all)."""
+        from pyiceberg.expressions import EqualTo
+
+        try:
+            table = self.catalog.load_table((self.region, QUARANTINE_TABLE))
+        except NoSuchTableError:
+            return
+        table.delete(EqualTo("mapping", mapping), snapshot_properties={"skyfed.run_id": run_id})
 
     def _commit(
         self,
@@ -590,3 +600,9 @@ def _gcs_properties() -> dict[str, str]:
         "gcs.oauth2.token": "anon",
         "gcs.project-id": "skyfed-local",
     }
+
+
+def _same_type(a: object, b: object) -> bool:
+    """Iceberg types equal up to field ids (a list's element id differs between a
+    freshly built type and the stored one)."""
+    return a == b or str(a) == str(b)

@@ -1,0 +1,47 @@
+"""A seeded airline world in the local federation, with its own state folder.
+
+Each ingest test module gets a fresh SKYFED_HOME (warehouses, metadata database,
+seed files) on top of the session's running services, so positions and tables
+from one module never leak into another.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from skyfed.demo.seed import seed
+from skyfed.demo.world import WorldConfig
+from skyfed.spec import PlatformSpec, load_spec
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "airline" / "skyfed.yaml"
+
+
+class World:
+    def __init__(self, home: Path, spec: PlatformSpec, manifest: dict):
+        self.home = home
+        self.spec = spec
+        self.manifest = manifest
+
+    @property
+    def truth_dir(self) -> Path:
+        return self.home / "seed" / "ground_truth"
+
+
+@pytest.fixture(scope="module")
+def seeded_world(federation, tmp_path_factory) -> Iterator[World]:
+    home = tmp_path_factory.mktemp("ingest-home")
+    saved = os.environ.get("SKYFED_HOME")
+    os.environ["SKYFED_HOME"] = str(home)
+    try:
+        result = seed(WorldConfig(flights=800, seed=7), home)
+        spec = load_spec(EXAMPLE)
+        yield World(home, spec, result["manifest"])
+    finally:
+        if saved is None:
+            os.environ.pop("SKYFED_HOME", None)
+        else:
+            os.environ["SKYFED_HOME"] = saved
