@@ -12,6 +12,7 @@ The ingest layer runs the SQL, splits rows on the reason lists and de-duplicates
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -180,3 +181,16 @@ def _rules(name: str, col: object, ctype: str, reference_tables: dict[str, str],
                 f"THEN {lit(f'{name}: ')} || {shown} || {lit(f' is not a known {ref_contract}.{ref_col}')} END"
             )
     return rules
+
+
+_RULE = re.compile(
+    r"^(?P<col>(?:source column )?[\w.]+): .*?(?P<rule> is below the minimum .*| is above the maximum .*"
+    r"| is not a valid .*| is not one of .*| does not match .*| is not a known .*)$",
+    re.S,
+)
+
+
+def reason_rule(reason: str) -> str:
+    """`fuel_kg: -3 is below the minimum 0` -> `fuel_kg: is below the minimum 0`, for counting by rule."""
+    m = _RULE.match(reason)
+    return f"{m.group('col')}:{m.group('rule')}" if m else reason

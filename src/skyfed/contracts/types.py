@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+import duckdb
 import pyarrow as pa
 
 from skyfed.spec.models import Contract
@@ -72,3 +73,13 @@ def _field_metadata(col: object) -> dict[bytes, bytes] | None:
     if getattr(col, "classification", None):
         meta[b"classification"] = col.classification.encode()  # type: ignore[attr-defined]
     return meta or None
+
+
+def duckdb_types_of(schema: pa.Schema) -> dict[str, str]:
+    """DuckDB's name for each column type of an Arrow schema (as DESCRIBE reports it)."""
+    con = duckdb.connect()
+    try:
+        con.register("__t", schema.empty_table())
+        return {r[0]: r[1] for r in con.execute("DESCRIBE SELECT * FROM __t").fetchall()}
+    finally:
+        con.close()

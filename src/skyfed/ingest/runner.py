@@ -19,11 +19,9 @@ it was, and the rerun reads the same range again.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +33,8 @@ from sqlglot import exp, parse_one
 
 from skyfed.connectors.base import ReadRequest, Reject
 from skyfed.connectors.registry import connector_for
-from skyfed.contracts.harmonize import CURSOR, FAIL, PROVENANCE, QUARANTINE, RAW, SEQ, WARN, compile_mapping, q
-from skyfed.contracts.types import contract_schema
+from skyfed.contracts.harmonize import CURSOR, reason_rule, FAIL, PROVENANCE, QUARANTINE, RAW, SEQ, WARN, compile_mapping, q
+from skyfed.contracts.types import contract_schema, duckdb_types_of
 from skyfed.errors import SkyfedError
 from skyfed.home import sub_dir
 from skyfed.ingest.positions import position_from_json, position_to_json
@@ -95,19 +93,6 @@ def referenced_columns(mapping: Mapping) -> set[str]:
             if not col.table:
                 names.add(col.name)
     return names
-
-
-_RULE = re.compile(
-    r"^(?P<col>(?:source column )?[\w.]+): .*?(?P<rule> is below the minimum .*| is above the maximum .*"
-    r"| is not a valid .*| is not one of .*| does not match .*| is not a known .*)$",
-    re.S,
-)
-
-
-def _reason_group(reason: str) -> str:
-    """`fuel_kg: -3 is below the minimum 0` -> `fuel_kg: is below the minimum 0`, for counting by rule."""
-    m = _RULE.match(reason)
-    return f"{m.group('col')}:{m.group('rule')}" if m else reason
 
 
 def run_mapping(
@@ -176,7 +161,7 @@ def run_mapping(
             result.bytes_read += batch.nbytes
             batch = pa.Table.from_batches([batch]).append_column(SEQ, pa.array(range(seq, seq + batch.num_rows), pa.int64()))
             seq += batch.num_rows
-            batch_types = _duckdb_types(batch.schema)
+            batch_types = duckdb_types_of(batch.schema)
             if compiled is None or compiled[0] != batch_types:
                 compiled = (batch_types, compile_mapping(mapping, contract, source_types, batch_types, ref_tables))
             con.register("__batch", batch)
@@ -250,16 +235,6 @@ def run_mapping(
 # --------------------------------------------------------------------------- helpers
 
 
-def _duckdb_types(schema: pa.Schema) -> dict[str, str]:
-    """DuckDB's names for an Arrow schema's column types."""
-    con = duckdb.connect()
-    empty = pa.table({f.name: pa.array([], f.type) for f in schema})
-    con.register("__t", empty)
-    rows = con.execute("DESCRIBE SELECT * FROM __t").fetchall()
-    con.close()
-    return {r[0]: r[1] for r in rows}
-
-
 def _raise_on_fail(mapping: Mapping, out: pa.Table) -> None:
     has_fail = pc.greater(pc.list_value_length(out[FAIL]), 0)
     if pc.any(has_fail).as_py():
@@ -284,7 +259,7 @@ def _count(counter: dict[str, int], reasons: pa.ChunkedArray) -> None:
     if len(flat) == 0:
         return
     for item in pc.value_counts(flat).to_pylist():
-        group = _reason_group(item["values"])
+        group = reason_rule(item["values"])
         counter[group] = counter.get(group, 0) + item["counts"]
 
 

@@ -112,8 +112,9 @@ class CuratedStore(Protocol):
         """Upsert quarantine records by (mapping, location); returns the number of records written."""
         ...
 
-    def clear_quarantine(self, mapping: str, *, run_id: str) -> None:
-        """Remove `mapping`'s quarantine records; a full refresh judges every record again."""
+    def clear_quarantine(self, mapping: str, *, run_id: str, locations: list[str] | None = None) -> None:
+        """Remove `mapping`'s quarantine records (all, or those at `locations`): a full
+        refresh judges every record again, and a replay removes what it resolved."""
         ...
 
     def read(self, contract_name: str, snapshot_id: int | str | None = None) -> pa.Table:

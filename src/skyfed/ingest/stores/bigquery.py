@@ -357,15 +357,29 @@ class BigQueryCuratedStore:
         )  # fmt: skip
         return result.rows_written
 
-    def clear_quarantine(self, mapping: str, *, run_id: str) -> None:
-        """Forget a mapping's quarantine records (before a full refresh re-judges them all)."""
+    def clear_quarantine(self, mapping: str, *, run_id: str, locations: list[str] | None = None) -> None:
+        """Forget a mapping's quarantine records (all, or those at `locations`)."""
         from google.api_core.exceptions import NotFound
 
         try:
             self.client.get_table(self._ref(QUARANTINE_TABLE), retry=self._retry)
         except NotFound:
             return
-        self._query(f"DELETE FROM {self._sql_ref(QUARANTINE_TABLE)} WHERE mapping = @mapping", {"mapping": mapping})
+        bq = self._bq
+        params = [bq.ScalarQueryParameter("mapping", "STRING", mapping)]
+        sql = f"DELETE FROM {self._sql_ref(QUARANTINE_TABLE)} WHERE mapping = @mapping"
+        if locations is not None:
+            if not locations:
+                return
+            params.append(bq.ArrayQueryParameter("locations", "STRING", list(locations)))
+            sql += " AND location IN UNNEST(@locations)"
+        try:
+            job = self.client.query(
+                sql, job_config=bq.QueryJobConfig(query_parameters=params), location=self.location, retry=self._retry
+            )
+            job.result(retry=self._retry)
+        except Exception as exc:
+            raise _error(exc, f"BigQuery dataset {self.dataset} ({self.location})") from exc
 
     def _commit(
         self,

@@ -357,15 +357,20 @@ class IcebergCuratedStore:
         )  # fmt: skip
         return result.rows_written
 
-    def clear_quarantine(self, mapping: str, *, run_id: str) -> None:
-        """Forget a mapping's quarantine records (before a full refresh re-judges them all)."""
+    def clear_quarantine(self, mapping: str, *, run_id: str, locations: list[str] | None = None) -> None:
+        """Forget a mapping's quarantine records (all, or those at `locations`)."""
         from pyiceberg.expressions import EqualTo
 
         try:
             table = self.catalog.load_table((self.region, QUARANTINE_TABLE))
         except NoSuchTableError:
             return
-        table.delete(EqualTo("mapping", mapping), snapshot_properties={"skyfed.run_id": run_id})
+        where: BooleanExpression = EqualTo("mapping", mapping)
+        if locations is not None:
+            if not locations:
+                return
+            where = And(where, In("location", set(locations)))
+        table.delete(where, snapshot_properties={"skyfed.run_id": run_id})
 
     def _commit(
         self,
