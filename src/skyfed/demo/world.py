@@ -42,7 +42,6 @@ from skyfed.demo import messiness as m
 from skyfed.demo.contracts import CONTRACTS, QUARANTINE_SCHEMA, ContractDef
 from skyfed.demo.reference import (
     AIRCRAFT,
-    CURRENCY,
     KG_PER_US_GALLON,
     KM_PER_MILE,
     REGIONS,
