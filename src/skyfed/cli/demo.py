@@ -127,26 +127,81 @@ def show_cmd(
         raise typer.Exit(1)
 
 
+EXAMPLE_SPEC = Path("examples/airline/skyfed.yaml")
+
+
+def _render_ingest(report: dict[str, Any]) -> None:
+    t = Table(title="Ingested into the regional curated stores (full refresh)", title_justify="left")
+    for col in ("mapping", "read", "loaded", "quarantined", "superseded", "s"):
+        t.add_column(col, justify="left" if col == "mapping" else "right")
+    for r in report["results"]:
+        t.add_row(
+            r["mapping"],
+            f"{r['rows_read']:,}",
+            f"{r['rows_loaded']:,}",
+            f"{r['rows_quarantined']:,}",
+            f"{r['rows_superseded']:,}",
+            f"{r['seconds']:.1f}",
+        )
+    out.print(t)
+    v = Table(title="Curated tables vs the generator's ground truth", title_justify="left")
+    for col in ("region", "store", "contract", "curated", "truth", "identical"):
+        v.add_column(col, justify="right" if col in ("curated", "truth") else "left")
+    for r in report["verification"]:
+        mark = "[green]yes[/]" if r["identical"] else "[bold red]NO[/]"
+        v.add_row(r["region"], r["store"], r["contract"], f"{r['curated_rows']:,}", f"{r['truth_rows']:,}", mark)
+    out.print(v)
+    for f in report["failures"]:
+        err.print(f"[bold red]failed:[/] {f['mapping']}: {f['error']}", highlight=False, soft_wrap=True)
+
+
 @demo_app.command("run")
 def run_cmd(
     flights: int = typer.Option(DEFAULT_FLIGHTS, "--flights", min=30, help="Number of distinct flights."),
     seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Random seed."),
+    spec: Path = typer.Option(None, "--spec", help="Platform spec (default: $SKYFED_SPEC or examples/airline/skyfed.yaml)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
-    """Start the local federation, seed the airline world and show what is where (`make demo`)."""
+    """Start the local federation, seed the airline world, show what is where, ingest it (`make demo`)."""
+    import os
+
     from skyfed import localenv
     from skyfed.demo.inventory import inventory
+    from skyfed.demo.verify import verify_against_truth
     from skyfed.home import state_dir
+    from skyfed.ingest.batch import ingest
+    from skyfed.spec import load_spec
 
+    spec_path = spec or Path(os.environ.get("SKYFED_SPEC") or EXAMPLE_SPEC)
     if not as_json:
         err.print("[bold]starting the local federation[/] …")
     localenv.up()
     result = _do_seed(flights, seed, None, show_progress=not as_json and sys.stderr.isatty())
     inv = inventory(state_dir())
-    if as_json:
-        emit({"seed": result, "show": inv}, True, lambda _: None)
-    else:
+    if not as_json:
         _render_seed(result)
         _render_show(inv)
-    if not inv["ok"]:
+        err.print("[bold]ingesting every source into its region's curated store[/] …")
+    platform = load_spec(spec_path)
+    with progress(enabled=not as_json and sys.stderr.isatty()) as prog:
+        def progress_for(mapping):  # type: ignore[no-untyped-def]
+            task = prog.add_task(mapping.name, total=None)
+            return lambda done, total: prog.update(task, completed=done, total=max(total or 0, done) or None)
+
+        run_id, results, failures = ingest(platform, full_refresh=True, progress_for=progress_for)
+    report = {
+        "run_id": run_id,
+        "results": [r.to_dict() for r in results],
+        "failures": [{"mapping": m.name, "error": e.message} for m, e in failures],
+        "verification": verify_against_truth(platform, state_dir()),
+    }
+    if as_json:
+        emit({"seed": result, "show": inv, "ingest": report}, True, lambda _: None)
+    else:
+        _render_ingest(report)
+        out.print(
+            "next: skyfed quarantine list --spec examples/airline/skyfed.yaml · "
+            "skyfed ingest --spec examples/airline/skyfed.yaml (incremental: loads nothing new) · skyfed down"
+        )
+    if not inv["ok"] or failures or not all(r["identical"] for r in report["verification"]):
         raise typer.Exit(1)

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -370,7 +371,9 @@ class IcebergCuratedStore:
             if not locations:
                 return
             where = And(where, In("location", set(locations)))
-        table.delete(where, snapshot_properties={"skyfed.run_id": run_id})
+        with warnings.catch_warnings():  # "did not match any records" is the normal case here
+            warnings.simplefilter("ignore", UserWarning)
+            table.delete(where, snapshot_properties={"skyfed.run_id": run_id})
 
     def _commit(
         self,
