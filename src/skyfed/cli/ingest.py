@@ -47,8 +47,9 @@ def ingest(
 
     def render(rep: dict[str, Any]) -> None:
         table = Table(title=f"ingest run {run_id}")
-        for col in ("mapping", "read", "loaded", "quarantined", "filtered", "superseded", "MB", "s", "rows/s", "snapshot"):
-            table.add_column(col, justify="right" if col not in ("mapping", "snapshot") else "left")
+        table.add_column("mapping", no_wrap=True, min_width=14)
+        for col in ("read", "loaded", "quarant.", "filtered", "supers.", "MB", "s", "rows/s"):
+            table.add_column(col, justify="right")
         for r in rep["results"]:
             table.add_row(
                 r["mapping"],
@@ -60,7 +61,6 @@ def ingest(
                 f"{r['bytes_read'] / 1e6:.1f}",
                 f"{r['seconds']:.1f}",
                 f"{r['rows_per_second']:,.0f}",
-                str(r["snapshot_id"] or "-"),
             )
         out.print(table)
         for r in rep["results"]:
