@@ -1,0 +1,130 @@
+"""`skyfed query "SQL"`: federated SQL over canonical tables, with --explain and --report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from skyfed.cli import app
+from skyfed.cli.common import emit, err, out
+from skyfed.cli.specopt import SpecOption, load
+from skyfed.errors import SkyfedError
+
+FORMATS = ("table", "json", "csv", "parquet")
+
+
+@app.command()
+def query(
+    sql: str = typer.Argument(..., help="One SELECT (or WITH ... SELECT) over canonical tables, e.g. flight_leg or eu.flight_leg."),
+    spec: str = SpecOption,
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | parquet (parquet needs --out)."),
+    out_path: str = typer.Option(None, "--out", "-o", help="Write the result to this file instead of stdout."),
+    explain: bool = typer.Option(False, "--explain", help="Print the plan (per-region SQL, what crosses each boundary) without running."),
+    report: bool = typer.Option(False, "--report", help="After the result, print per region rows, bytes, seconds and egress cost (stderr)."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Answer from the regions that respond; flag what is missing."),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds each region may take (default 300)."),
+    coordinator: str = typer.Option(None, "--coordinator", help="Region the merge runs in, for egress prices (default: the spec's first region)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (plan, or result rows plus report)."),
+) -> None:
+    """Run SQL across every region: work is pushed to the data, only small results move."""
+    from skyfed.query import connect
+
+    if fmt not in FORMATS:
+        raise SkyfedError(f"unknown --format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    if fmt == "parquet" and not out_path:
+        raise SkyfedError("--format parquet needs --out PATH", "parquet is binary; write it to a file")
+    fed = connect(load(spec), coordinator=coordinator, **({"timeout": timeout} if timeout else {}))
+    if explain:
+        emit(fed.explain(sql), as_json, _render_plan)
+        return
+    result = fed.query(sql, allow_partial=allow_partial)
+    table = result.arrow()
+    rep = result.report.to_dict()
+    if as_json:
+        fmt = "json"
+    if out_path:
+        _write(table, fmt if fmt != "table" else "csv", out_path)
+        err.print(f"wrote {table.num_rows:,} rows to {out_path}")
+    elif fmt == "json":
+        payload: Any = {"columns": table.column_names, "rows": table.to_pylist()}
+        if report or as_json:
+            payload["report"] = rep
+        sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    elif fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        sink = sys.stdout.buffer
+        pacsv.write_csv(table, sink)
+        sink.flush()
+    else:
+        _render_table(table)
+    if result.partial:
+        for m in result.missing:
+            err.print(f"[bold yellow]partial answer:[/] region {m['region']} is missing: {m['error']}", highlight=False)
+    if report and not (fmt == "json" and not out_path):
+        _render_report(rep)
+
+
+def _write(table: Any, fmt: str, path: str) -> None:
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, path)
+    elif fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, path)
+    else:
+        with open(path, "w") as fh:
+            json.dump({"columns": table.column_names, "rows": table.to_pylist()}, fh, indent=2, default=str)
+
+
+def _render_table(table: Any, limit: int = 200) -> None:
+    view = Table(show_lines=False)
+    for name in table.column_names:
+        view.add_column(name)
+    for row in table.slice(0, limit).to_pylist():
+        view.add_row(*("NULL" if v is None else str(v) for v in row.values()))
+    out.print(view)
+    more = f" (showing {limit})" if table.num_rows > limit else ""
+    err.print(f"{table.num_rows:,} rows{more}")
+
+
+def _render_report(rep: dict[str, Any]) -> None:
+    view = Table(title=f"query report: {rep['strategy']}, coordinator in {rep['coordinator_region']}")
+    for col in ("region", "engine", "status", "rows", "bytes", "s", "scanned", "egress $"):
+        view.add_column(col, justify="left" if col in ("region", "engine", "status") else "right")
+    for r in rep["regions"]:
+        view.add_row(
+            r["region"], r["engine"], r["status"], f"{r['rows']:,}", f"{r['bytes']:,}", f"{r['seconds']:.3f}",
+            "-" if r["bytes_scanned"] is None else f"{r['bytes_scanned']:,}",
+            "-" if r["egress_usd"] is None else f"{r['egress_usd']:.8f}",
+        )  # fmt: skip
+    err.print(view)
+    for region, why in rep["pruned"].items():
+        err.print(f"  {region}: not read ({why})", highlight=False)
+    err.print(
+        f"  plan {rep['plan_ms']:.1f} ms, merge {rep['merge_seconds']:.3f} s, total {rep['total_seconds']:.3f} s; "
+        f"shipped {rep['rows_shipped']:,} rows / {rep['bytes_shipped']:,} bytes; est. egress ${rep['egress_usd']:.8f}",
+        highlight=False,
+    )
+
+
+def _render_plan(plan: dict[str, Any]) -> None:
+    out.print(f"[bold]strategy:[/] {plan['strategy']}   plan {plan['plan_ms']} ms   coordinator in {plan['coordinator_region']}")
+    for f in plan["fragments"]:
+        out.print(f"\n[bold]{f['name']}[/] ({f['strategy']} over {', '.join(f['tables'])}): crosses boundary: {f['crosses_boundary']}", highlight=False)
+        for r in f["regions"]:
+            out.print(f"  [cyan]{r['region']}[/] ({r['engine']}, egress ${r['egress_usd_per_gb']}/GB):", highlight=False)
+            out.print(f"    {r['sql']}", highlight=False, soft_wrap=True)
+        for region, why in f["pruned"].items():
+            out.print(f"  [dim]{region}: not read ({why})[/]", highlight=False)
+        for note in f["notes"]:
+            out.print(f"  note: {note}", highlight=False)
+    out.print(f"\n[bold]coordinator (DuckDB):[/] {plan['coordinator_sql']}", highlight=False, soft_wrap=True)
+    for note in plan["notes"]:
+        out.print(f"note: {note}", highlight=False)

@@ -1,0 +1,703 @@
+"""Federated query planner: split one SQL statement into per-region SQL plus a coordinator merge.
+
+Pure (sqlglot only, no I/O). The user's SQL is DuckDB SQL over the catalog's names
+(see catalog.py). The plan holds, per *fragment*, the SQL each region runs (in that
+region's executor dialect) and the coordinator SQL (DuckDB) that runs over the
+fragments' unioned results. Strategies, chosen per query:
+
+- `partial_aggregate`: one canonical table (or an inner join of canonical tables on
+  equal `region` columns, which is co-located) with GROUP BY and decomposable
+  aggregates. Regions compute partial aggregates per group; the coordinator merges
+  them (sum of sums and counts, min of mins, avg = sum/count, count(DISTINCT x) by
+  shipping the distinct (group, x) pairs) and evaluates HAVING, ORDER BY and LIMIT.
+- `top_n`: one canonical table, no aggregation, ORDER BY + LIMIT. Each region returns
+  its own first (limit + offset) rows; the coordinator re-runs the query over them.
+- `scan` (general fallback, always correct): each canonical table reference becomes a
+  fragment that ships only the referenced columns and the rows passing the WHERE / ON
+  conjuncts that mention only that table; the coordinator runs the original query
+  over the union of those reduced rows.
+
+Region pruning applies to all three: a top-level conjunct `region = 'eu'` or
+`region IN (...)` on a table whose rows in every region carry that region's name
+(every mapping sets the literal) touches only the named regions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlglot import exp
+from sqlglot.errors import OptimizeError, SqlglotError
+from sqlglot.optimizer.pushdown_projections import pushdown_projections
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.scope import Scope, traverse_scope
+
+from skyfed.errors import SkyfedError
+from skyfed.query.catalog import (
+    BIGQUERY,
+    DUCKDB,
+    Catalog,
+    RegionTarget,
+    region_alias_name,
+    split_region_alias,
+)
+from skyfed.query.guard import check_read_only
+
+PREFIX = "_sf"  # names the planner invents (relations and columns) start with this
+VOLATILE = (exp.Rand, exp.CurrentTimestamp, exp.CurrentDate, exp.CurrentTime, exp.Uuid)
+_VOLATILE_NAMES = {"random", "now", "uuid", "gen_random_uuid", "current_timestamp", "nextval", "setseed", "get_current_time"}
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class RegionQuery:
+    region: str
+    engine: str  # duckdb | bigquery
+    sql: str  # in the engine's dialect
+    tables: list[str]  # canonical tables read in that region
+
+
+@dataclass
+class Fragment:
+    """One relation the coordinator reads: the union of what each region returns for it."""
+
+    name: str  # relation name in the coordinator SQL
+    tables: list[str]  # canonical tables it reads (several for a co-located join)
+    strategy: str  # scan | partial_aggregate | top_n
+    columns: list[str]  # columns that cross region boundaries
+    duckdb_sql: str  # the regional SQL over canonical names, DuckDB dialect (also run on empty tables for types)
+    regions: list[RegionQuery] = field(default_factory=list)
+    pruned: dict[str, str] = field(default_factory=dict)  # region -> why it is not read
+    pushed_filters: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    sql: str  # the user's SQL
+    strategy: str  # partial_aggregate | top_n | scan
+    fragments: list[Fragment]
+    coordinator_sql: str  # DuckDB, over the fragments (and reference tables)
+    bind_sql: str  # the qualified query over canonical names: run on empty tables it gives the result schema
+    reference_tables: list[str]
+    notes: list[str]
+    plan_seconds: float = 0.0
+
+    def regions(self) -> list[str]:
+        seen: list[str] = []
+        for f in self.fragments:
+            for rq in f.regions:
+                if rq.region not in seen:
+                    seen.append(rq.region)
+        return seen
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"plan_ms": round(self.plan_seconds * 1000, 2)}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def plan_query(sql: str, catalog: Catalog) -> Plan:
+    """Plan `sql` (DuckDB dialect) over `catalog`; raises SkyfedError for refused or invalid queries."""
+    started = time.perf_counter()
+    tree = check_read_only(sql)
+    tree = _resolve_names(tree, catalog)
+    bind_sql = tree.sql("duckdb")  # before qualify: DuckDB names the result columns as the user wrote them
+    try:
+        tree = qualify(
+            tree, schema=catalog.qualify_schema(), dialect="duckdb", identify=False,
+            validate_qualify_columns=True, expand_stars=True,
+        )  # fmt: skip
+        tree = pushdown_projections(tree)  # CTEs and subqueries keep only the columns used above them
+    except (OptimizeError, SqlglotError) as exc:
+        raise SkyfedError(f"cannot resolve the query: {exc}", _names_hint(catalog)) from None
+    scopes = traverse_scope(tree)
+    _check_tables(scopes, catalog)
+    planner = _Planner(catalog, tree, scopes)
+    plan = planner.partial_aggregate() or planner.top_n() or planner.scan()
+    plan.sql = sql
+    plan.bind_sql = bind_sql
+    plan.plan_seconds = time.perf_counter() - started
+    return plan
+
+
+def _names_hint(catalog: Catalog) -> str:
+    names = list(catalog.contracts) + [f"{r}.{t}" for r in catalog.regions for t in sorted(catalog.regions[r].tables)]
+    return f"tables: {', '.join(names)}; reference: {', '.join(catalog.reference) or 'none'}"
+
+
+def _resolve_names(tree: exp.Expression, catalog: Catalog) -> exp.Expression:
+    """`eu.flight_leg` -> internal `eu__flight_leg AS flight_leg`; refuse names no region holds."""
+    for table in list(tree.find_all(exp.Table)):
+        if not isinstance(table.this, exp.Identifier):
+            continue
+        db, catalog_part, name = table.db, table.catalog, table.name.lower()
+        if catalog_part:
+            raise SkyfedError(
+                f"{table.sql('duckdb')}: live source tables are not queryable yet (planned: phase 2 of issue 4)",
+                _names_hint(catalog),
+            )
+        if not db:
+            continue
+        region = db.lower()
+        if region not in catalog.regions:
+            raise SkyfedError(f"{table.sql('duckdb')}: there is no region {db!r}", _names_hint(catalog))
+        if name not in catalog.regions[region].tables:
+            raise SkyfedError(f"{table.sql('duckdb')}: region {region} has no table {name!r}", _names_hint(catalog))
+        alias = table.alias or name
+        table.set("db", None)
+        table.set("this", exp.to_identifier(region_alias_name(region, name)))
+        table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+    return tree
+
+
+def _check_tables(scopes: list[Scope], catalog: Catalog) -> None:
+    known = set(catalog.qualify_schema())
+    for scope in scopes:
+        for source in scope.sources.values():
+            if isinstance(source, exp.Table) and isinstance(source.this, exp.Identifier) and source.name not in known:
+                raise SkyfedError(f"unknown table {source.name!r}", _names_hint(catalog))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
+    if node is None:
+        return []
+    if isinstance(node, exp.And):
+        return _conjuncts(node.left) + _conjuncts(node.right)
+    if isinstance(node, exp.Paren):
+        return _conjuncts(node.this)
+    return [node]
+
+
+def _and(parts: list[exp.Expression]) -> exp.Expression | None:
+    if not parts:
+        return None
+    out = parts[0].copy()
+    for p in parts[1:]:
+        out = exp.and_(out, p.copy())
+    return out
+
+
+def _is_volatile(node: exp.Expression) -> bool:
+    for n in node.walk():
+        if isinstance(n, VOLATILE):
+            return True
+        if isinstance(n, exp.Anonymous) and str(n.this).lower() in _VOLATILE_NAMES:
+            return True
+    return False
+
+
+def _only_columns_of(node: exp.Expression, aliases: set[str]) -> bool:
+    """Pushable into a region: deterministic, no subquery/aggregate/window, columns only of `aliases`."""
+    if _is_volatile(node):
+        return False
+    for n in node.walk():
+        if isinstance(n, (exp.Subquery, exp.Select, exp.Exists, exp.AggFunc, exp.Window, exp.Placeholder)):
+            return False
+        if isinstance(n, exp.Column) and (not n.table or n.table not in aliases):
+            return False
+    return True
+
+
+# BigQuery: expression shapes whose DuckDB -> BigQuery transpilation keeps the meaning.
+_BQ_NODES = (
+    exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null, exp.Paren, exp.And, exp.Or, exp.Not,
+    exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is, exp.In, exp.Between, exp.Like,
+    exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg, exp.Coalesce, exp.Case, exp.If, exp.Cast, exp.DataType,
+    exp.TimestampTrunc, exp.Var, exp.Lower, exp.Upper, exp.Count, exp.Sum, exp.Min, exp.Max, exp.Star,
+    exp.Distinct, exp.Ordered, exp.Tuple,
+)  # fmt: skip
+_BQ_CAST_TYPES = {"VARCHAR", "TEXT", "BIGINT", "INT", "DOUBLE", "DATE", "TIMESTAMPTZ", "BOOLEAN"}
+_BQ_TRUNC_UNITS = {"YEAR", "QUARTER", "MONTH", "DAY", "HOUR"}
+_FAMILY = {"VARCHAR": "str", "INTEGER": "num", "BIGINT": "num", "DOUBLE": "num", "BOOLEAN": "bool",
+           "DATE": "date", "TIMESTAMPTZ": "ts", "TIMESTAMP": "naive_ts"}  # fmt: skip
+
+
+class _Planner:
+    def __init__(self, catalog: Catalog, tree: exp.Expression, scopes: list[Scope]):
+        self.catalog = catalog
+        self.tree = tree
+        self.scopes = scopes
+        self.counter = 0
+
+    # ----------------------------------------------------------------- sources
+
+    def _canonical(self, source: Any) -> tuple[str | None, str] | None:
+        """(region or None for all, contract) if `source` is a canonical table reference."""
+        if not isinstance(source, exp.Table) or not isinstance(source.this, exp.Identifier):
+            return None
+        region, name = split_region_alias(source.name, self.catalog)
+        if region is not None:
+            return region, name
+        if name in self.catalog.contracts:
+            return None, name
+        return None
+
+    def _new_name(self) -> str:
+        name = f"{PREFIX}_f{self.counter}"
+        self.counter += 1
+        return name
+
+    # ----------------------------------------------------------------- region choice
+
+    def _regions_for(self, tables: list[tuple[str | None, str]], conjuncts: list[exp.Expression],
+                     aliases: dict[str, str]) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+        """Regions that hold all `tables`, after region pruning; and why the others are skipped."""
+        pruned: dict[str, str] = {}
+        candidates: list[str] = []
+        for r, target in self.catalog.regions.items():
+            missing = [t for _, t in tables if t not in target.tables]
+            fixed = {reg for reg, _ in tables if reg is not None}
+            if missing:
+                pruned[r] = f"has no {', '.join(missing)}"
+            elif fixed and fixed != {r}:
+                pruned[r] = f"the query names {', '.join(sorted(fixed))}.{tables[0][1]}"
+            else:
+                candidates.append(r)
+        wanted = self._region_predicate(conjuncts, aliases)
+        if wanted is not None:
+            for r in list(candidates):
+                pinned = all(t in self.catalog.regions[r].region_pinned for _, t in tables)
+                if r not in wanted and pinned:
+                    candidates.remove(r)
+                    pruned[r] = f"region filter keeps only {', '.join(sorted(wanted)) or 'no region'}"
+        return candidates, pruned
+
+    def _region_predicate(self, conjuncts: list[exp.Expression], aliases: dict[str, str]) -> set[str] | None:
+        """Regions allowed by `region = '..'` / `region IN (..)` conjuncts on the given aliases (None: no such conjunct)."""
+        allowed: set[str] | None = None
+        for c in conjuncts:
+            values: set[str] | None = None
+            if isinstance(c, exp.EQ):
+                col, lit = (c.left, c.right) if isinstance(c.left, exp.Column) else (c.right, c.left)
+                if _is_region_col(col, aliases) and isinstance(lit, exp.Literal) and lit.is_string:
+                    values = {lit.this}
+            elif isinstance(c, exp.In) and _is_region_col(c.this, aliases) and not c.args.get("query"):
+                items = c.expressions
+                if items and all(isinstance(i, exp.Literal) and i.is_string for i in items):
+                    values = {i.this for i in items}
+            if values is not None:
+                allowed = values if allowed is None else allowed & values
+        return allowed
+
+    # ----------------------------------------------------------------- BigQuery safety
+
+    def _types_of(self, aliases: dict[str, str]) -> dict[tuple[str, str], str]:
+        out = {}
+        for alias, table in aliases.items():
+            for col, typ in self.catalog.duckdb_types[table].items():
+                out[(alias, col)] = typ
+        return out
+
+    def _bq_safe(self, node: exp.Expression, aliases: dict[str, str]) -> bool:
+        types = self._types_of(aliases)
+        for n in node.walk():
+            if not isinstance(n, _BQ_NODES):
+                return False
+            if isinstance(n, exp.Cast):
+                to = n.to.sql("duckdb").upper()
+                if to not in _BQ_CAST_TYPES:
+                    return False
+            if isinstance(n, exp.TimestampTrunc):
+                unit = n.args.get("unit")
+                if unit is None or unit.name.upper() not in _BQ_TRUNC_UNITS:
+                    return False
+                if self._family(n.this, types) != "ts":
+                    return False
+            if isinstance(n, exp.Column) and types.get((n.table, n.name)) == "TIMESTAMP":
+                return False
+            if isinstance(n, exp.Like) and "\\" in n.expression.sql():
+                return False  # BigQuery's LIKE escapes with a backslash, DuckDB's does not
+            if isinstance(n, (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)):
+                if not _compatible(self._family(n.left, types), self._family(n.right, types)):
+                    return False
+            if isinstance(n, exp.Between):
+                fam = self._family(n.this, types)
+                if not all(_compatible(fam, self._family(x, types)) for x in (n.args["low"], n.args["high"])):
+                    return False
+            if isinstance(n, exp.In):
+                fam = self._family(n.this, types)
+                if n.args.get("query") or not all(_compatible(fam, self._family(x, types)) for x in n.expressions):
+                    return False
+        return True
+
+    def _family(self, node: exp.Expression, types: dict[tuple[str, str], str]) -> str:
+        if isinstance(node, exp.Paren):
+            return self._family(node.this, types)
+        if isinstance(node, exp.Column):
+            return _FAMILY.get(types.get((node.table, node.name), ""), "?")
+        if isinstance(node, exp.Literal):
+            return "strlit" if node.is_string else "num"
+        if isinstance(node, exp.Cast):
+            return {"VARCHAR": "str", "TEXT": "str", "DATE": "date", "TIMESTAMPTZ": "ts", "BOOLEAN": "bool"}.get(
+                node.to.sql("duckdb").upper(), "num"
+            )
+        if isinstance(node, exp.TimestampTrunc):
+            return "ts"
+        if isinstance(node, (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg)):
+            return "num"
+        if isinstance(node, (exp.Lower, exp.Upper)):
+            return "str"
+        if isinstance(node, exp.Coalesce):
+            return self._family(node.this, types)
+        return "?"
+
+    def _engine_ok(self, regions: list[str], nodes: list[exp.Expression], aliases: dict[str, str]) -> bool:
+        if not any(self.catalog.regions[r].engine == BIGQUERY for r in regions):
+            return True
+        return all(self._bq_safe(n, aliases) for n in nodes)
+
+    # ----------------------------------------------------------------- region SQL
+
+    def _region_queries(self, select: exp.Select, regions: list[str], tables: list[str]) -> list[RegionQuery]:
+        out = []
+        for r in regions:
+            target = self.catalog.regions[r]
+            copy = select.copy()
+            for t in list(copy.find_all(exp.Table)):
+                hit = self._canonical(t)
+                if hit is not None:
+                    t.replace(target.table_ref(hit[1], t.alias_or_name))
+            dialect = "bigquery" if target.engine == BIGQUERY else "duckdb"
+            out.append(RegionQuery(r, target.engine, copy.sql(dialect), sorted(set(tables))))
+        return out
+
+    # ----------------------------------------------------------------- single-block queries
+
+    def _block(self) -> tuple[exp.Select, dict[str, str], list[tuple[str | None, str]]] | None:
+        """The query as one SELECT over canonical tables only, inner-joined on equal region columns."""
+        tree = self.tree
+        if not isinstance(tree, exp.Select) or tree.args.get("with") or len(self.scopes) != 1:
+            return None
+        scope = self.scopes[0]
+        if not scope.sources or any(not self._canonical(s) for s in scope.sources.values()):
+            return None
+        if tree.find(exp.Window) or _is_volatile(tree) or tree.args.get("qualify"):
+            return None
+        aliases: dict[str, str] = {}
+        tables: list[tuple[str | None, str]] = []
+        for alias, source in scope.sources.items():
+            hit = self._canonical(source)
+            assert hit is not None
+            aliases[alias] = hit[1]
+            tables.append(hit)
+        if len(aliases) == 1:
+            return (tree, aliases, tables) if not tree.args.get("joins") else None
+        # co-located join: every join inner with an equality of region columns to an earlier table
+        if not all(t in self.catalog.regions[r].region_pinned for r in self.catalog.regions for _, t in tables
+                   if t in self.catalog.regions[r].tables):  # fmt: skip
+            return None
+        joined = {tree.args["from_"].this.alias_or_name}
+        for join in tree.args.get("joins") or []:
+            if join.side or join.kind not in ("", "INNER", None) or join.args.get("using") or not join.args.get("on"):
+                return None
+            right = join.this.alias_or_name
+            linked = False
+            for c in _conjuncts(join.args["on"]):
+                if isinstance(c, exp.EQ) and all(_is_region_col(x, aliases) for x in (c.left, c.right)):
+                    pair = {c.left.table, c.right.table}
+                    if right in pair and pair - {right} and (pair - {right}) <= joined:
+                        linked = True
+            if not linked:
+                return None
+            joined.add(right)
+        return tree, aliases, tables
+
+    def partial_aggregate(self) -> Plan | None:
+        block = self._block()
+        if block is None:
+            return None
+        select, aliases, tables = block
+        group = select.args.get("group")
+        aggs = [a for a in select.find_all(exp.AggFunc)]
+        if not group and not aggs:
+            return None
+        if group and (group.args.get("grouping_sets") or group.args.get("cube") or group.args.get("rollup")):
+            return None
+        if group and group.args.get("all"):  # GROUP BY ALL: every projection without an aggregate
+            group_exprs = [p.unalias() for p in select.expressions if not p.find(exp.AggFunc)]
+        else:
+            group_exprs = list(group.expressions) if group else []
+        where = _conjuncts(select.args.get("where").this) if select.args.get("where") else []
+        join_on = [c for j in select.args.get("joins") or [] for c in _conjuncts(j.args.get("on"))]
+        names = set(aliases)
+        if not all(_only_columns_of(c, names) for c in where + join_on + group_exprs):
+            return None
+        # decompose each aggregate
+        partials: list[exp.Expression] = []  # region-side aggregate expressions
+        merges: dict[str, exp.Expression] = {}  # aggregate SQL -> coordinator expression
+        distinct_keys: list[exp.Expression] = []
+
+        def partial(expr: exp.Expression) -> exp.Column:
+            for i, p in enumerate(partials):
+                if p == expr:
+                    return exp.column(f"{PREFIX}_a{i}")
+            partials.append(expr)
+            return exp.column(f"{PREFIX}_a{len(partials) - 1}")
+
+        def distinct_key(expr: exp.Expression) -> exp.Column:
+            for i, d in enumerate(distinct_keys):
+                if d == expr:
+                    return exp.column(f"{PREFIX}_d{i}")
+            distinct_keys.append(expr)
+            return exp.column(f"{PREFIX}_d{len(distinct_keys) - 1}")
+
+        for agg in aggs:
+            if agg.find_ancestor(exp.AggFunc) is not None or any(n is not agg for n in agg.find_all(exp.AggFunc)):
+                return None  # nested aggregates
+            if isinstance(agg.parent, exp.Filter) or agg.find(exp.Order):
+                return None
+            arg = agg.this
+            if isinstance(arg, exp.Distinct):
+                if len(arg.expressions) != 1 or not isinstance(agg, (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)):
+                    return None
+                key = distinct_key(arg.expressions[0])
+                merged: exp.Expression = agg.__class__(this=exp.Distinct(expressions=[key]))
+            elif isinstance(agg, exp.Count):
+                if agg.args.get("expressions"):
+                    return None
+                p = partial(exp.Count(this=arg.copy() if arg is not None else exp.Star()))
+                merged = exp.cast(exp.Coalesce(this=exp.Sum(this=p), expressions=[exp.Literal.number(0)]), "BIGINT")
+            elif isinstance(agg, exp.Sum):
+                merged = exp.Sum(this=partial(exp.Sum(this=arg.copy())))
+            elif isinstance(agg, (exp.Min, exp.Max)):
+                if agg.expressions:
+                    return None
+                merged = agg.__class__(this=partial(agg.__class__(this=arg.copy())))
+            elif isinstance(agg, exp.Avg):
+                s = partial(exp.Sum(this=arg.copy()))
+                c = partial(exp.Count(this=arg.copy()))
+                merged = exp.Div(this=exp.Sum(this=s), expression=exp.Sum(this=c))
+            else:
+                return None  # not decomposable here: fall back
+            if arg is not None and not isinstance(arg, exp.Star) and not _only_columns_of(
+                arg.expressions[0] if isinstance(arg, exp.Distinct) else arg, names
+            ):
+                return None
+            merges[agg.sql("duckdb")] = merged
+        # regions (after pruning) and engine safety
+        regions, pruned = self._regions_for(tables, where + join_on, aliases)
+        checked = where + join_on + group_exprs + partials + distinct_keys
+        if not self._engine_ok(regions, checked, aliases):
+            return None
+        # the regional SQL
+        group_map = {g.sql("duckdb"): f"{PREFIX}_g{i}" for i, g in enumerate(group_exprs)}
+        region_select = exp.Select()
+        region_select.set("from_", select.args["from_"].copy())
+        if select.args.get("joins"):
+            region_select.set("joins", [j.copy() for j in select.args["joins"]])
+        if select.args.get("where"):
+            region_select.set("where", select.args["where"].copy())
+        projections = [exp.alias_(g.copy(), f"{PREFIX}_g{i}") for i, g in enumerate(group_exprs)]
+        projections += [exp.alias_(d.copy(), f"{PREFIX}_d{i}") for i, d in enumerate(distinct_keys)]
+        projections += [exp.alias_(p, f"{PREFIX}_a{i}") for i, p in enumerate(partials)]
+        if not projections:
+            return None
+        region_select.set("expressions", projections)
+        keys = [g.copy() for g in group_exprs] + [d.copy() for d in distinct_keys]
+        if keys:
+            region_select.set("group", exp.Group(expressions=keys))
+        # the coordinator SQL
+        frag_name = self._new_name()
+        coord = select.copy()
+
+        def rewrite(node: exp.Expression) -> exp.Expression:
+            if isinstance(node, exp.AggFunc):
+                return merges[node.sql("duckdb")].copy()
+            key = node.sql("duckdb") if isinstance(node, (exp.Column, exp.Func, exp.Binary, exp.Cast, exp.Paren,
+                                                          exp.Case, exp.If, exp.Unary)) else None  # fmt: skip
+            if key is not None and key in group_map:
+                return exp.column(group_map[key])
+            return node
+
+        for arg_name in ("expressions", "having", "order"):
+            value = coord.args.get(arg_name)
+            if value is None:
+                continue
+            if isinstance(value, list):
+                coord.set(arg_name, [v.transform(rewrite) for v in value])
+            else:
+                coord.set(arg_name, value.transform(rewrite))
+        coord.set("joins", None)
+        coord.set("where", None)
+        coord.set("from_", exp.From(this=exp.to_table(frag_name)))
+        coord.set("group", exp.Group(expressions=[exp.column(v) for v in group_map.values()]) if group_exprs else None)
+        for col in coord.find_all(exp.Column):
+            if col.table in names:
+                return None  # a column outside GROUP BY and aggregates: let the fallback (and DuckDB) judge it
+        frag = Fragment(
+            name=frag_name,
+            tables=[t for _, t in tables],
+            strategy="partial_aggregate",
+            columns=[p.alias for p in projections],
+            duckdb_sql=region_select.sql("duckdb"),
+            regions=self._region_queries(region_select, regions, [t for _, t in tables]),
+            pruned=pruned,
+            pushed_filters=[c.sql("duckdb") for c in where + join_on],
+        )
+        if distinct_keys:
+            frag.notes.append("DISTINCT aggregates: regions ship distinct (group, value) pairs")
+        return Plan(
+            sql="", strategy="partial_aggregate", fragments=[frag], coordinator_sql=coord.sql("duckdb"), bind_sql="",
+            reference_tables=[], notes=[],
+        )  # fmt: skip
+
+    def top_n(self) -> Plan | None:
+        block = self._block()
+        if block is None:
+            return None
+        select, aliases, tables = block
+        if len(aliases) != 1 or select.args.get("group") or select.find(exp.AggFunc) or select.args.get("distinct"):
+            return None
+        order, limit = select.args.get("order"), select.args.get("limit")
+        if order is None or limit is None or select.args.get("having"):
+            return None
+        n = _int_literal(limit.expression)
+        offset = _int_literal(select.args["offset"].expression) if select.args.get("offset") else 0
+        if n is None or offset is None:
+            return None
+        outputs = {p.alias: p.this for p in select.expressions if isinstance(p, exp.Alias)}
+        names = set(aliases)
+        order_exprs = []
+        for o in order.expressions:
+            e = o.this
+            if isinstance(e, exp.Column) and not e.table and e.name in outputs:
+                e = outputs[e.name]
+            if not _only_columns_of(e, names):
+                return None
+            order_exprs.append(o.__class__(**{**o.args, "this": e.copy()}))
+        where = _conjuncts(select.args["where"].this) if select.args.get("where") else []
+        if not all(_only_columns_of(c, names) for c in where):
+            return None
+        regions, pruned = self._regions_for(tables, where, aliases)
+        if not self._engine_ok(regions, where + [o.this for o in order_exprs], aliases):
+            return None
+        alias = next(iter(aliases))
+        columns = self._needed_columns(alias, tables[0][1])
+        region_select = exp.Select(expressions=[exp.column(c, table=alias) for c in columns])
+        region_select.set("from_", select.args["from_"].copy())
+        if select.args.get("where"):
+            region_select.set("where", select.args["where"].copy())
+        region_select.set("order", exp.Order(expressions=order_exprs))
+        region_select.set("limit", exp.Limit(expression=exp.Literal.number(n + offset)))
+        frag_name = self._new_name()
+        coord = select.copy()
+        coord.args["from_"].this.replace(exp.to_table(frag_name).as_(alias))
+        frag = Fragment(
+            name=frag_name, tables=[tables[0][1]], strategy="top_n", columns=columns,
+            duckdb_sql=region_select.sql("duckdb"),
+            regions=self._region_queries(region_select, regions, [tables[0][1]]), pruned=pruned,
+            pushed_filters=[c.sql("duckdb") for c in where],
+        )  # fmt: skip
+        frag.notes.append(f"each region returns at most {n + offset} rows")
+        return Plan("", "top_n", [frag], coord.sql("duckdb"), "", [], [])
+
+    # ----------------------------------------------------------------- general fallback
+
+    def _needed_columns(self, alias: str, table: str) -> list[str]:
+        """Columns of `table` referenced through `alias` anywhere in the query (a superset is harmless)."""
+        wanted = {c.name for c in self.tree.find_all(exp.Column) if c.table == alias}
+        cols = [c for c in self.catalog.contracts[table].columns if c in wanted]
+        if not cols:  # e.g. count(*): ship the narrowest useful column so row counts survive
+            cols = ["region"] if "region" in self.catalog.contracts[table].columns else [next(iter(self.catalog.contracts[table].columns))]
+        return cols
+
+    def scan(self) -> Plan:
+        coord = self.tree  # replaced in place: the tree is ours (qualified copy)
+        fragments: list[Fragment] = []
+        replacements: list[tuple[exp.Table, exp.Table]] = []
+        references: set[str] = set()
+        for scope in self.scopes:
+            select = scope.expression if isinstance(scope.expression, exp.Select) else None
+            for alias, source in scope.sources.items():
+                if isinstance(source, exp.Table) and source.name in self.catalog.reference:
+                    references.add(source.name)
+                hit = self._canonical(source)
+                if hit is None:
+                    continue
+                region_fixed, table = hit
+                conj = self._pushable(select, source, alias) if select is not None else []
+                aliases = {alias: table}
+                regions, pruned = self._regions_for([hit], conj, aliases)
+                columns = self._needed_columns(alias, table)
+                name = self._new_name()
+                frag_select = exp.Select(expressions=[exp.column(c, table=alias) for c in columns])
+                frag_select.set("from_", exp.From(this=source.copy()))
+                frag = Fragment(name=name, tables=[table], strategy="scan", columns=columns, duckdb_sql="", pruned=pruned)
+                for r in regions:
+                    usable = [c for c in conj if self._engine_ok([r], [c], aliases)]
+                    one = frag_select.copy()
+                    if usable:
+                        one.set("where", exp.Where(this=_and(usable)))
+                    frag.regions.extend(self._region_queries(one, [r], [table]))
+                    skipped = [c.sql("duckdb") for c in conj if c not in usable]
+                    if skipped:
+                        frag.notes.append(f"{r}: not pushed (not safe in {self.catalog.regions[r].engine}): {'; '.join(skipped)}")
+                if conj:
+                    frag_select.set("where", exp.Where(this=_and(conj)))
+                frag.duckdb_sql = frag_select.sql("duckdb")
+                frag.pushed_filters = [c.sql("duckdb") for c in conj]
+                fragments.append(frag)
+                replacements.append((source, exp.to_table(name).as_(alias)))
+        for old, new in replacements:
+            old.replace(new)
+        notes = []
+        if any(len(f.regions) > 0 for f in fragments):
+            notes.append("general strategy: reduced rows of each table are merged and the query runs at the coordinator")
+        return Plan("", "scan", fragments, coord.sql("duckdb"), "", sorted(references), notes)
+
+    def _pushable(self, select: exp.Select, source: exp.Table, alias: str) -> list[exp.Expression]:
+        """WHERE / ON conjuncts that mention only `alias` and may filter the table before the query runs."""
+        joins = select.args.get("joins") or []
+        from_ = select.args.get("from_")
+        own_join = next((j for j in joins if j.this is source), None)
+        in_from = from_ is not None and from_.this is source
+        if not in_from and own_join is None:
+            return []  # e.g. inside a nested join tree: do not reason about it
+        # null-supplying: right side of LEFT/FULL, or left of RIGHT/FULL after it
+        null_supplying = False
+        if own_join is not None and own_join.side in ("LEFT", "FULL"):
+            null_supplying = True
+        position = -1 if in_from else joins.index(own_join)
+        if any(j.side in ("RIGHT", "FULL") for j in joins[position + 1 :]):
+            null_supplying = True
+        names = {alias}
+        out: list[exp.Expression] = []
+        if not null_supplying and select.args.get("where"):
+            out += [c for c in _conjuncts(select.args["where"].this) if _only_columns_of(c, names)]
+        # ON conjuncts on the joined table itself of an inner, LEFT, SEMI or ANTI join only restrict its matches
+        if own_join is not None and own_join.args.get("on") and own_join.side in ("", None, "LEFT"):
+            out += [c for c in _conjuncts(own_join.args["on"]) if _only_columns_of(c, names)]
+        return out
+
+
+def _is_region_col(node: exp.Expression, aliases: dict[str, str]) -> bool:
+    return isinstance(node, exp.Column) and node.name == "region" and node.table in aliases
+
+
+def _compatible(a: str, b: str) -> bool:
+    if "?" in (a, b) or "naive_ts" in (a, b):
+        return False
+    if a == b:
+        return True
+    return {a, b} <= {"strlit", "str", "ts", "date"} and "strlit" in (a, b)
+
+
+def _int_literal(node: exp.Expression | None) -> int | None:
+    if isinstance(node, exp.Literal) and not node.is_string:
+        try:
+            return int(node.this)
+        except ValueError:
+            return None
+    return None
+
+
+__all__ = ["BIGQUERY", "DUCKDB", "Fragment", "Plan", "RegionQuery", "RegionTarget", "plan_query"]
