@@ -101,8 +101,22 @@ class FilesConnector:
                 kwargs["token"] = "anon"
             if endpoint:
                 kwargs["endpoint_url"] = endpoint if "://" in endpoint else f"http://{endpoint}"
+                self._probe(kwargs["endpoint_url"])
             self._fs = gcsfs.GCSFileSystem(**kwargs)
         return self._fs
+
+    def _probe(self, url: str) -> None:
+        """Fail at once when an explicit endpoint (the emulator) refuses connections: gcsfs
+        would retry every request with backoff for about half a minute first."""
+        import socket
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=5).close()
+        except OSError as exc:
+            raise self._reach_error(exc, None) from None
 
     def _root(self) -> str:
         if self.local:
@@ -198,7 +212,7 @@ class FilesConnector:
         partitions = self._partition_names(objects) if spec.hive_partitioning else []
         sample = [objects[0], objects[-1]] if len(objects) > 1 else objects
         schemas = [self._infer(obj, spec) for obj in sample]
-        schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
+        schema = _unify_inferred(schemas)
         for part in partitions:
             if part not in schema.names:
                 schema = schema.append(pa.field(part, pa.string()))
@@ -487,6 +501,8 @@ class FilesConnector:
                     next_line = int(lines[-1]) + 1
                     batch, lines = _drop_blank(batch, lines)
                     yield from _utf8_batches(batch, lines, obj, request.table, rejects, self._row_text_csv(spec))
+                if next_line == 2 and not bad_lines:
+                    self.notes.append(f"table {request.table}: object {obj.uri} has a header but no data lines")
             except pa.ArrowInvalid as exc:
                 if failed:
                     raise failed[0] from None
@@ -579,6 +595,22 @@ class FilesConnector:
                                rows[start : start + request.batch_rows])  # fmt: skip
         finally:
             con.close()
+
+
+def _unify_inferred(schemas: list[pa.Schema]) -> pa.Schema:
+    """The union of sampled objects' inferred schemas; a column inferred as two types that do
+    not promote (int64 in one CSV object, string in one whose lines did not all parse) is text."""
+    if not schemas:
+        return pa.schema([])
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        pass
+    types: dict[str, pa.DataType] = {}
+    for schema in schemas:
+        for f in schema:
+            types[f.name] = f.type if types.get(f.name, f.type) == f.type else pa.string()
+    return pa.schema([pa.field(n, t) for n, t in types.items()])
 
 
 def _drop_blank(batch: pa.RecordBatch, lines: np.ndarray) -> tuple[pa.RecordBatch, np.ndarray]:

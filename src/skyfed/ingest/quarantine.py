@@ -123,7 +123,7 @@ def replay(spec: PlatformSpec, mapping_name: str) -> ReplayResult:
     batch = batch.append_column(SEQ, pa.array(range(len(raws)), pa.int64()))
     source_types: dict[str, str] = {}
     if source_spec.kind in TYPED_SOURCES:
-        connector = connector_for(source_spec)
+        connector = connector_for(source_spec, mapping.source)
         try:
             info = connector.table_info(mapping.table)
         finally:

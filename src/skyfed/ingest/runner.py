@@ -102,10 +102,15 @@ def run_mapping(
     full_refresh: bool = False,
     run_id: str | None = None,
     on_progress: ProgressFn | None = None,
-    batch_rows: int = 200_000,
+    batch_rows: int | None = None,
 ) -> MappingResult:
-    """Ingest one mapping end to end; raises SkyfedError with nothing committed on failure."""
+    """Ingest one mapping end to end; raises SkyfedError with nothing committed on failure.
+
+    `batch_rows` (default $SKYFED_INGEST_BATCH_ROWS, else 200,000) bounds the rows
+    harmonized and staged per step.
+    """
     started = time.perf_counter()
+    batch_rows = batch_rows or _batch_rows_from_env()
     run_id = run_id or uuid.uuid4().hex[:16]
     region_name, _, source_name = mapping.source.partition(".")
     region = spec.regions[region_name]
@@ -115,7 +120,7 @@ def run_mapping(
 
     store = open_store(region_name, region.store)
     store.ensure_table(mapping.contract, contract)
-    connector = connector_for(source_spec)
+    connector = connector_for(source_spec, mapping.source)
     stage_dir = sub_dir("tmp", f"run-{run_id}-{mapping.name}")
     try:
         info = connector.table_info(mapping.table)
@@ -125,6 +130,8 @@ def run_mapping(
         # that does not fit becomes NULL, which the contract's rules then judge.
         source_types: dict[str, str] = {}
         missing = sorted(referenced_columns(mapping) - set(info.schema.names))
+        if not set(info.schema.names) - set(PROVENANCE):
+            missing = []  # no object with data yet (files): nothing to check the mapping against, nothing to read
         if missing:
             col = missing[0]
             raise SkyfedError(
@@ -154,9 +161,7 @@ def run_mapping(
         batch_no = 0
         compiled = None
         staged = False
-        for batch in connector.read(request, upto, after, rejects.append):
-            if batch.num_rows == 0:
-                continue
+        for batch in _sliced(connector.read(request, upto, after, rejects.append), batch_rows):
             result.rows_read += batch.num_rows
             result.bytes_read += batch.nbytes
             batch = pa.Table.from_batches([batch]).append_column(SEQ, pa.array(range(seq, seq + batch.num_rows), pa.int64()))
@@ -168,7 +173,7 @@ def run_mapping(
             out = con.sql(compiled[1].select).to_arrow_table()
             con.unregister("__batch")
             result.rows_filtered += batch.num_rows - out.num_rows
-            _raise_on_fail(mapping, out)
+            _raise_on_fail(mapping, out, source_spec.kind)
             _count(result.warnings, out[WARN])
             bad_mask = pc.greater(pc.list_value_length(out[QUARANTINE]), 0)
             bad = out.filter(bad_mask)
@@ -193,6 +198,7 @@ def run_mapping(
             crash_point(f"batch:{batch_no}")
 
         crash_point("after_extract")
+        result.notes.extend(getattr(connector, "notes", []))  # e.g. a pattern that matched nothing, an empty object
         if rejects:
             result.rows_read += len(rejects)
             result.rows_quarantined += len(rejects)
@@ -235,14 +241,36 @@ def run_mapping(
 # --------------------------------------------------------------------------- helpers
 
 
-def _raise_on_fail(mapping: Mapping, out: pa.Table) -> None:
+def _batch_rows_from_env() -> int:
+    text = os.environ.get("SKYFED_INGEST_BATCH_ROWS", "").strip()
+    if not text:
+        return 200_000
+    if not text.isdigit() or int(text) < 1:
+        raise SkyfedError(
+            f"SKYFED_INGEST_BATCH_ROWS={text!r} is not a positive number of rows", "unset it or set e.g. 100000"
+        )
+    return int(text)
+
+
+def _sliced(batches: Any, size: int) -> Any:
+    """Non-empty batches of at most `size` rows (connectors treat batch_rows as a target only)."""
+    for batch in batches:
+        for offset in range(0, batch.num_rows, size):
+            yield batch.slice(offset, size)
+
+
+def _raise_on_fail(mapping: Mapping, out: pa.Table, kind: str) -> None:
     has_fail = pc.greater(pc.list_value_length(out[FAIL]), 0)
     if pc.any(has_fail).as_py():
-        first = out.filter(has_fail).slice(0, 1).to_pylist()[0]
+        failing = out.filter(has_fail).slice(0, 1)
+        first = failing.to_pylist()[0]
         where = _location_of(first)
+        if first.get("_source_object") is None and mapping.key:
+            where = f"{_key_location(failing, mapping)[0].as_py()} ({where})"
         n = pc.sum(has_fail).as_py()
         raise SkyfedError(
-            f"mapping {mapping.name}: {n} row(s) break a rule of severity 'fail', first at {where}: {first[FAIL][0]}",
+            f"mapping {mapping.name} ({kind} source {mapping.source}, table {mapping.table}): {n} row(s) break "
+            f"a rule of severity 'fail', first at {where}: {first[FAIL][0]}",
             hint="nothing was committed; fix the source data or relax the rule's severity, then rerun",
         )
 
@@ -250,7 +278,7 @@ def _raise_on_fail(mapping: Mapping, out: pa.Table) -> None:
 def _location_of(row: dict[str, Any]) -> str:
     if row.get("_source_object") is not None:
         return f"{row['_source_object']}:{row.get('_source_row')}"
-    return f"row {row.get(SEQ)} of this run, raw {str(row.get(RAW))[:200]}"
+    return f"row {row.get(SEQ, -1) + 1} of this run, raw {str(row.get(RAW))[:200]}"
 
 
 def _count(counter: dict[str, int], reasons: pa.ChunkedArray) -> None:

@@ -402,12 +402,21 @@ class IcebergCuratedStore:
             written = deleted = 0
             pieces = chunks(rows, CHUNK_ROWS) if replayable or attempt == 0 else iter(())
             first = True
+            # Into an empty (or truncated) table, rows whose keys no earlier chunk had are
+            # appended as they are: no file needs to be searched for their keys.
+            fresh = replace or _total_records(table.metadata.current_snapshot()) == 0
+            seen: list[pa.Array] = []
             for chunk in pieces:
                 data = conform(chunk, schema, what)
                 check_unique(data, key, what)
                 if first and replace:
                     deleted += _truncate(tx, props)
-                deleted += _upsert(tx, table.io, data, key, props)
+                if fresh and len(key) == 1 and not _overlaps(data[key[0]], seen):
+                    tx.append(data, snapshot_properties=props)
+                    seen.append(data[key[0]].combine_chunks())
+                else:
+                    deleted += _upsert(tx, table.io, data, key, props)
+                    fresh = False
                 written += data.num_rows
                 first = False
             if first:  # no rows at all: still commit the position (and the truncation for replace)
@@ -508,6 +517,13 @@ def _upsert(tx: Transaction, io: FileIO, data: pa.Table, key: list[str], props: 
         for f in _dataframe_to_data_files(meta, data, io, write_uuid=producer.commit_uuid, counter=counter):
             producer.append_data_file(f)
     return replaced
+
+
+def _overlaps(keys: pa.ChunkedArray, seen: list[pa.Array]) -> bool:
+    """Whether any of `keys` occurs in the earlier chunks' keys."""
+    if not seen:
+        return False
+    return bool(pc.any(pc.is_in(keys, value_set=pa.concat_arrays(seen))).as_py())
 
 
 def _truncate(tx: Transaction, props: dict[str, str]) -> int:
