@@ -150,8 +150,12 @@ def run_mapping(
         result.position_from = previous
         result.position_to = position_to_json(upto)
 
-        con = duckdb.connect(str(stage_dir / "stage.duckdb"))
+        # Staging lives in memory up to a limit and spills to disk beyond it: a
+        # persistent database file made every staged batch a disk write.
+        con = duckdb.connect()
         con.execute(f"SET temp_directory = '{stage_dir / 'spill'}'")
+        con.execute(f"SET memory_limit = '{os.environ.get('SKYFED_INGEST_MEMORY', '1GB')}'")
+        con.execute("SET preserve_insertion_order = false")
         prepare_reference(con, spec)
         ref_tables = {name: name for name in spec.reference}
         ref_tables.update({ref.contract: name for name, ref in spec.reference.items()})
@@ -215,7 +219,6 @@ def run_mapping(
             crash_point("after_quarantine_commit")
         if full_refresh or result.rows_read or position_to_json(upto) != previous:
             rows = _deduplicated(con, contract, staged)
-            result.rows_superseded = result.rows_loaded - rows.num_rows
             commit = store.commit(
                 mapping.contract,
                 rows,
@@ -225,7 +228,8 @@ def run_mapping(
                 run_id=run_id,
                 replace=full_refresh,
             )
-            result.rows_committed = rows.num_rows
+            result.rows_committed = commit.rows_written
+            result.rows_superseded = result.rows_loaded - commit.rows_written
             result.snapshot_id = None if commit.snapshot_id is None else str(commit.snapshot_id)
             crash_point("after_commit")
         if result.rows_read == 0:
@@ -372,11 +376,12 @@ def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
 
 
-def _deduplicated(con: duckdb.DuckDBPyConnection, contract: Any, staged: bool) -> pa.Table:
-    """Staged rows, one per key: the latest cursor wins, then the latest arrival."""
+def _deduplicated(con: duckdb.DuckDBPyConnection, contract: Any, staged: bool) -> pa.RecordBatchReader:
+    """Staged rows, one per key (the latest cursor wins, then the latest arrival),
+    streamed: the store receives batches and never the whole table at once."""
     schema = contract_schema(contract)
     if not staged:
-        return schema.empty_table()
+        return pa.RecordBatchReader.from_batches(schema, [])
     cols = ", ".join(q(c) for c in schema.names)
     key = ", ".join(q(k) for k in contract.key)
     if key:
@@ -386,7 +391,8 @@ def _deduplicated(con: duckdb.DuckDBPyConnection, contract: Any, staged: bool) -
         )
     else:
         sql = f"SELECT {cols} FROM stage"
-    return con.sql(sql).to_arrow_table().cast(schema)
+    reader = con.sql(sql).fetch_record_batch(500_000)
+    return pa.RecordBatchReader.from_batches(schema, (b.cast(schema) for b in reader))
 
 
 def _now() -> Any:
