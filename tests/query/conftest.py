@@ -54,7 +54,7 @@ def ingested_world(federation, tmp_path_factory) -> Iterator[World]:
 
 @pytest.fixture(scope="module")
 def fed(ingested_world: World) -> Federation:
-    return connect(ingested_world.spec, timeout=120)
+    return connect(ingested_world.spec, timeout=120, cache=False)  # the differential suite must run every query
 
 
 @pytest.fixture(scope="module")

@@ -222,7 +222,7 @@ def test_result_converts_to_pandas_and_polars(fed) -> None:
 def broken_eu(ingested_world):
     spec = ingested_world.spec.model_copy(deep=True)
     spec.regions["eu"].store.endpoint = "http://127.0.0.1:9"  # nothing listens on the discard port
-    return connect(spec, timeout=20)
+    return connect(spec, timeout=20, cache=False)
 
 
 def test_unreachable_region_is_named(broken_eu) -> None:

@@ -197,7 +197,7 @@ def test_reference_tables_join_at_the_coordinator(catalog: Catalog) -> None:
     [
         ("SELECT * FROM nowhere", "nowhere"),
         ("SELECT * FROM mars.flight_leg", "no region 'mars'"),
-        ("SELECT * FROM latam.ops.voos", "live source tables"),
+        ("SELECT * FROM latam.ops.voos", "no such live source table"),
         ("SELECT no_such_column FROM flight_leg", "no_such_column"),
         ("DROP TABLE flight_leg", "refused"),
     ],

@@ -28,6 +28,9 @@ def query(
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Answer from the regions that respond; flag what is missing."),
     timeout: float = typer.Option(None, "--timeout", help="Seconds each region may take (default 300)."),
     coordinator: str = typer.Option(None, "--coordinator", help="Region the merge runs in, for egress prices (default: the spec's first region)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the result cache."),
+    cache_ttl: float = typer.Option(None, "--cache-ttl", help="Seconds a cached answer stays valid (default 300, $SKYFED_QUERY_CACHE_TTL)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Estimate bytes scanned and shipped per region and the egress cost; run nothing."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (plan, or result rows plus report)."),
 ) -> None:
     """Run SQL across every region: work is pushed to the data, only small results move."""
@@ -37,9 +40,17 @@ def query(
         raise SkyfedError(f"unknown --format {fmt!r}", f"use one of {', '.join(FORMATS)}")
     if fmt == "parquet" and not out_path:
         raise SkyfedError("--format parquet needs --out PATH", "parquet is binary; write it to a file")
-    fed = connect(load(spec), coordinator=coordinator, **({"timeout": timeout} if timeout else {}))
+    options: dict[str, Any] = {"cache": not no_cache}
+    if timeout:
+        options["timeout"] = timeout
+    if cache_ttl is not None:
+        options["cache_ttl"] = cache_ttl
+    fed = connect(load(spec), coordinator=coordinator, **options)
     if explain:
         emit(fed.explain(sql), as_json, _render_plan)
+        return
+    if dry_run:
+        emit(fed.estimate(sql), as_json, _render_estimate)
         return
     result = fed.query(sql, allow_partial=allow_partial)
     table = result.arrow()
@@ -65,6 +76,8 @@ def query(
     if result.partial:
         for m in result.missing:
             err.print(f"[bold yellow]partial answer:[/] region {m['region']} is missing: {m['error']}", highlight=False)
+    if result.report.from_cache:
+        err.print(f"[dim]answer from the result cache ({result.report.cache['age_seconds']:.1f} s old)[/]", highlight=False)
     if report and not (fmt == "json" and not out_path):
         _render_report(rep)
 
@@ -105,11 +118,40 @@ def _render_report(rep: dict[str, Any]) -> None:
             "-" if r["egress_usd"] is None else f"{r['egress_usd']:.8f}",
         )  # fmt: skip
     err.print(view)
+    cache = rep.get("cache") or {}
+    if cache.get("status") == "hit":
+        err.print(f"  from the result cache: computed {cache['age_seconds']:.1f} s ago (TTL {cache['ttl_seconds']:g} s); "
+                  f"no region was queried (version lookup {cache['lookup_ms']:.0f} ms)", highlight=False)  # fmt: skip
+    elif cache.get("status") not in (None, "off"):
+        why = f": {cache['reason']}" if cache.get("reason") else (" (stored)" if cache.get("stored") else "")
+        err.print(f"  result cache: {cache['status']}{why}", highlight=False)
     for region, why in rep["pruned"].items():
         err.print(f"  {region}: not read ({why})", highlight=False)
     err.print(
         f"  plan {rep['plan_ms']:.1f} ms, merge {rep['merge_seconds']:.3f} s, total {rep['total_seconds']:.3f} s; "
         f"shipped {rep['rows_shipped']:,} rows / {rep['bytes_shipped']:,} bytes; est. egress ${rep['egress_usd']:.8f}",
+        highlight=False,
+    )
+
+
+def _render_estimate(est: dict[str, Any]) -> None:
+    view = Table(title=f"dry run: {est['strategy']}, coordinator in {est['coordinator_region']} (estimates; nothing ran)")
+    for col in ("region", "fragment", "engine", "scanned", "from", "rows", "ships rows", "ships bytes", "egress $"):
+        view.add_column(col, justify="right" if col in ("scanned", "rows", "ships rows", "ships bytes", "egress $") else "left")
+    for r in est["regions"]:
+        if r.get("error"):
+            view.add_row(r["region"], r["fragment"], r["engine"], "-", f"error: {r['error']}", "-", "-", "-", "-")
+            continue
+        view.add_row(
+            r["region"], r["fragment"], r["engine"], f"{r['bytes_scanned']:,}", r["scanned_source"],
+            f"{r['rows_after_filters']:,}", f"{r['boundary_rows']:,}", f"{r['boundary_bytes']:,}", f"{r['egress_usd']:.8f}",
+        )  # fmt: skip
+    for p in est["pruned"]:
+        view.add_row(p["region"], p["fragment"], "-", "0", f"pruned: {p['reason']}", "0", "0", "0", "0")
+    out.print(view)
+    out.print(
+        f"total: scanned {est['bytes_scanned']:,} B, crossing boundaries {est['boundary_bytes']:,} B, "
+        f"est. egress ${est['egress_usd']:.8f}" + ("" if est["complete"] else " (some regions could not be estimated)"),
         highlight=False,
     )
 

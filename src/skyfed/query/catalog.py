@@ -6,7 +6,9 @@
 - a reference table (`airport`) is the spec's small Parquet file, read at the
   coordinator (phase 1: joins with it run at the coordinator).
 
-Live source tables (`latam.ops.voos`) are not addressable yet (phase 2).
+- a live source table (`latam.ops.voos`, region.source.table) is read in its region at
+  query time; Federation.plan resolves its columns through the source's connector and
+  adds it (`add_live`).
 """
 
 from __future__ import annotations
@@ -36,8 +38,18 @@ class RegionTarget:
     project: str | None = None
     dataset: str | None = None
 
-    def table_ref(self, table: str, alias: str | None) -> exp.Table:
-        """The region's table as it is named in that region's SQL."""
+    def table_ref(self, table: str, alias: str | None, live: LiveTable | None = None) -> exp.Table:
+        """The region's table as it is named in that region's SQL (a live table: as its engine names it)."""
+        if live is not None:
+            parts = live.ref or (live.name,)
+            node = exp.Table(this=exp.to_identifier(parts[-1]))
+            if len(parts) > 1:
+                node.set("db", exp.to_identifier(parts[-2]))
+            if len(parts) > 2:
+                node.set("catalog", exp.to_identifier(parts[-3], quoted=live.kind == "bigquery"))
+            if alias:
+                node.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+            return node
         if self.engine == BIGQUERY:
             node = exp.Table(
                 this=exp.to_identifier(table),
@@ -51,6 +63,34 @@ class RegionTarget:
         return node
 
 
+@dataclass(frozen=True)
+class LiveTable:
+    """A source table (`latam.ops.voos`) read where it lives, at query time (no snapshot)."""
+
+    region: str
+    source: str
+    table: str
+    kind: str  # postgres | bigquery | gcs
+    engine: str  # the executor that reads it: duckdb (postgres extension, files) | bigquery (a job)
+    columns: dict[str, str]  # column -> DuckDB type, in source order
+    # the name parts its engine uses: postgres (<region>__<source> (the ATTACHed db), schema, table);
+    # bigquery (project, dataset, table); files (internal name,) registered by the executor
+    ref: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return live_name(self.region, self.source, self.table)
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.region}.{self.source}.{self.table}"
+
+
+def live_name(region: str, source: str, table: str) -> str:
+    """The internal name of the live table `region.source.table`."""
+    return f"{region}__{source}__{table}"
+
+
 @dataclass
 class Catalog:
     """Canonical and reference tables with their columns, and the regions that hold them."""
@@ -60,6 +100,7 @@ class Catalog:
     reference_paths: dict[str, str]
     regions: dict[str, RegionTarget]
     duckdb_types: dict[str, dict[str, str]] = field(default_factory=dict)  # table -> column -> DuckDB type
+    live: dict[str, LiveTable] = field(default_factory=dict)  # internal name (region__source__table) -> live table
 
     @classmethod
     def from_spec(cls, spec: PlatformSpec) -> Catalog:
@@ -96,6 +137,27 @@ class Catalog:
             cat.duckdb_types[name] = _duckdb_types(contract)
         return cat
 
+    def add_live(self, live: LiveTable) -> None:
+        """Make a live source table addressable (its region's target then holds it)."""
+        import dataclasses
+
+        self.live[live.name] = live
+        self.duckdb_types[live.name] = dict(live.columns)
+        target = self.regions[live.region]
+        if live.name not in target.tables:
+            self.regions[live.region] = dataclasses.replace(target, tables=target.tables | {live.name})
+
+    def columns_of(self, table: str) -> list[str]:
+        if table in self.live:
+            return list(self.live[table].columns)
+        if table in self.contracts:
+            return list(self.contracts[table].columns)
+        return list(self.reference[table].columns)
+
+    def engine_of(self, region: str, table: str) -> str:
+        """The engine that reads `table` in `region`: the live table's, else the region store's."""
+        return self.live[table].engine if table in self.live else self.regions[region].engine
+
     def regions_of(self, table: str) -> list[str]:
         return [r for r, t in self.regions.items() if table in t.tables]
 
@@ -108,6 +170,8 @@ class Catalog:
                 schema[region_alias_name(region, name)] = self.duckdb_types[name]
         for name in self.reference:
             schema[name] = self.duckdb_types[name]
+        for name in self.live:
+            schema[name] = self.duckdb_types[name]
         return schema
 
 
@@ -117,6 +181,8 @@ def region_alias_name(region: str, table: str) -> str:
 
 
 def split_region_alias(name: str, catalog: Catalog) -> tuple[str | None, str]:
+    if name in catalog.live:
+        return catalog.live[name].region, name
     region, sep, table = name.partition("__")
     if sep and region in catalog.regions and table in catalog.contracts:
         return region, table

@@ -24,8 +24,15 @@ import pyarrow.parquet as pq
 from skyfed.connectors import duck
 from skyfed.contracts.types import contract_schema
 from skyfed.errors import SkyfedError
+from skyfed.query.cache import DEFAULT_TTL, ResultCache, cache_key, normalize_sql
 from skyfed.query.catalog import Catalog, region_alias_name
-from skyfed.query.executors import RegionRun, duckdb_session, executor_for
+from skyfed.query.executors import (
+    RegionRun,
+    duckdb_session,
+    executor_for,
+    table_versions,
+)
+from skyfed.query.guard import check_read_only
 from skyfed.query.planner import Fragment, Plan, plan_query
 from skyfed.spec import PlatformSpec, load_spec
 
@@ -63,6 +70,12 @@ class QueryReport:
     result_rows: int
     partial: bool = False
     missing: list[dict[str, str]] = field(default_factory=list)
+    # status: hit | miss (computed, stored) | not_stored | not_cacheable | off; on a hit: age_seconds
+    cache: dict[str, Any] = field(default_factory=lambda: {"status": "off"})
+
+    @property
+    def from_cache(self) -> bool:
+        return self.cache.get("status") == "hit"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,8 +116,12 @@ class Result:
 class Federation:
     """A connection to a federation described by a platform spec."""
 
-    def __init__(self, spec: PlatformSpec, *, coordinator: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, spec: PlatformSpec, *, coordinator: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 cache: bool = True, cache_ttl: float = DEFAULT_TTL, cache_dir: str | os.PathLike[str] | None = None,
+                 clock: Any = time.time):  # fmt: skip
         self.spec = spec
+        # the result cache (cache.py); off with cache=False or a TTL <= 0
+        self.cache = ResultCache(cache_dir, ttl=cache_ttl, clock=clock) if cache and cache_ttl > 0 else None
         self.catalog = Catalog.from_spec(spec)
         self.coordinator = coordinator or next(iter(spec.regions))
         if self.coordinator not in spec.regions:
@@ -114,7 +131,25 @@ class Federation:
     # ----------------------------------------------------------------- planning
 
     def plan(self, sql: str) -> Plan:
+        self._resolve_live(sql)
         return plan_query(sql, self.catalog)
+
+    def _resolve_live(self, sql: str) -> None:
+        """Add the live source tables (`region.source.table`) the SQL names to the catalog (their
+        columns come from the source's connector, once per Federation)."""
+        from sqlglot import exp
+
+        from skyfed.query.catalog import live_name
+        from skyfed.query.live import resolve_live
+
+        tree = check_read_only(sql)
+        for t in tree.find_all(exp.Table):
+            if not t.catalog or not isinstance(t.this, exp.Identifier):
+                continue
+            region, source, table = t.catalog.lower(), t.db.lower(), t.name
+            if live_name(region, source, table) in self.catalog.live:
+                continue
+            self.catalog.add_live(resolve_live(self.spec, region, source, table))
 
     def explain(self, sql: str) -> dict[str, Any]:
         """The plan without running it: per region SQL in its dialect and what crosses each boundary."""
@@ -147,6 +182,56 @@ class Federation:
             "notes": plan.notes,
         }
 
+    def estimate(self, sql: str) -> dict[str, Any]:
+        """`--dry-run`: per region bytes scanned, bytes crossing the boundary and egress cost, before running.
+
+        Runs no region query: Iceberg numbers come from the manifests, BigQuery ones from a
+        dry-run job (or table metadata), live sources from their connectors' size estimates.
+        The heuristics are in estimate.py and docs/query.md.
+        """
+        from skyfed.query.estimate import _Fragment, estimate_region, type_width
+
+        started = time.perf_counter()
+        plan = self.plan(sql)
+        con = duck.connect([])
+        try:
+            duckdb_session(con)
+            self._register_tables(con, plan)
+            widths = {f.name: sum(type_width(t) for _, t, *_ in con.execute(f"DESCRIBE {f.duckdb_sql}").fetchall())
+                      for f in plan.fragments}  # fmt: skip
+        finally:
+            con.close()
+        tasks = [(f, rq) for f in plan.fragments for rq in f.regions]
+        iceberg_tables: dict[tuple[str, str], Any] = {}
+        infos = {f.name: _Fragment(f, self.catalog) for f in plan.fragments}
+        rows: list[dict[str, Any]] = []
+        if tasks:
+            with cf.ThreadPoolExecutor(max_workers=min(8, len(tasks)), thread_name_prefix="skyfed-estimate") as pool:
+                futures = [pool.submit(estimate_region, self, plan, f, infos[f.name], rq, widths[f.name], iceberg_tables)
+                           for f, rq in tasks]  # fmt: skip
+                rows = [fut.result() for fut in futures]
+        pruned = [{"region": r, "fragment": f.name, "reason": why, "bytes_scanned": 0, "boundary_bytes": 0, "egress_usd": 0.0}
+                  for f in plan.fragments for r, why in f.pruned.items()]  # fmt: skip
+        ok = [r for r in rows if r.get("error") is None]
+        return {
+            "strategy": plan.strategy,
+            "coordinator_region": self.coordinator,
+            "plan_ms": round(plan.plan_seconds * 1000, 2),
+            "regions": rows,
+            "pruned": pruned,
+            "bytes_scanned": sum(r["bytes_scanned"] for r in ok),
+            "boundary_bytes": sum(r["boundary_bytes"] for r in ok),
+            "egress_usd": sum(r["egress_usd"] for r in ok),
+            "complete": len(ok) == len(rows),
+            "estimate_seconds": round(time.perf_counter() - started, 4),
+            "region_queries_run": 0,
+        }
+
+    def _live_size(self, live: Any) -> dict[str, Any]:
+        from skyfed.query.live import live_size
+
+        return live_size(self.spec, live)
+
     def _price(self, region: str) -> float:
         if region == self.coordinator:
             return 0.0
@@ -154,11 +239,34 @@ class Federation:
 
     # ----------------------------------------------------------------- running
 
-    def query(self, sql: str, allow_partial: bool = False, timeout: float | None = None) -> Result:
-        """Run `sql` across the regions. A failing or slow region raises, unless `allow_partial`."""
+    def query(self, sql: str, allow_partial: bool = False, timeout: float | None = None,
+              use_cache: bool = True) -> Result:  # fmt: skip
+        """Run `sql` across the regions. A failing or slow region raises, unless `allow_partial`.
+
+        With the result cache on (the default), an answer computed earlier from the same
+        table versions within the TTL is returned without contacting the regions' engines
+        (only their version lookups); `result.report.cache` says so and how old it is.
+        """
         started = time.perf_counter()
         timeout = self.timeout if timeout is None else timeout
         plan = self.plan(sql)
+        key: str | None = None
+        versions: dict[str, Any] | None = None
+        cache_info: dict[str, Any] = {"status": "off"}
+        if self.cache is not None and use_cache:
+            lookup_started = time.perf_counter()
+            versions, why = self._versions(plan, min(timeout, 5.0))
+            cache_info = {"ttl_seconds": self.cache.ttl, "lookup_ms": round((time.perf_counter() - lookup_started) * 1000, 2)}
+            if versions is None:
+                cache_info["status"], cache_info["reason"] = "not_cacheable", why
+            else:
+                key = cache_key(normalize_sql(sql), versions, {"allow_partial": allow_partial})
+                cache_info["key"] = key
+                hit = self.cache.get(key)
+                if hit is not None:
+                    cache_info.update(status="hit", age_seconds=round(hit.age_seconds, 3), created=hit.created)
+                    return Result(hit.table, self._hit_report(plan, hit.table, cache_info, started), plan)
+                cache_info["status"] = "miss"
         con = duck.connect([])
         try:
             duckdb_session(con)
@@ -205,8 +313,90 @@ class Federation:
             result_rows=table.num_rows,
             partial=bool(failed),
             missing=missing,
+            cache=cache_info,
         )
+        if key is not None and versions is not None:
+            if failed:
+                cache_info.update(status="not_stored", reason="a partial answer is never cached")
+            elif not self._unchanged(plan, versions, reports):
+                cache_info.update(status="not_stored", reason="a table read got a new commit during the query")
+            else:
+                self.cache.put(key, table, {"sql": normalize_sql(sql), "versions": versions,  # type: ignore[union-attr]
+                                            "strategy": plan.strategy, "bytes_shipped": report.bytes_shipped})  # fmt: skip
+                cache_info["stored"] = True
         return Result(table, report, plan)
+
+    # ----------------------------------------------------------------- cache helpers
+
+    def _tables_read(self, plan: Plan) -> dict[str, list[str]]:
+        out: dict[str, set[str]] = {}
+        for f in plan.fragments:
+            for rq in f.regions:
+                out.setdefault(rq.region, set()).update(rq.tables)
+        return {r: sorted(t) for r, t in out.items()}
+
+    def _versions(self, plan: Plan, timeout: float) -> tuple[dict[str, Any] | None, str]:
+        """Every table's version the plan reads (None and why when the answer cannot be keyed)."""
+        read = self._tables_read(plan)
+        live = [self.catalog.live[t].dotted for ts in read.values() for t in ts if t in self.catalog.live]
+        if live:
+            return None, f"reads live source tables ({', '.join(sorted(live))}), which have no snapshot id"
+        versions: dict[str, Any] = {}
+        if read:
+            pool = cf.ThreadPoolExecutor(max_workers=len(read), thread_name_prefix="skyfed-version")
+            try:
+                futures = {r: pool.submit(table_versions, r, self.spec.regions[r], ts, timeout) for r, ts in read.items()}
+                for r, fut in futures.items():
+                    try:
+                        versions[r] = fut.result(timeout=timeout + 5)
+                    except Exception as exc:  # noqa: BLE001 - no version, no cache; the run reports the failure
+                        return None, f"region {r}: cannot look up table versions ({_first_line(exc)})"
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+        refs = {}
+        for name in plan.reference_tables:
+            path = Path(self.catalog.reference_paths[name])
+            try:
+                st = path.stat()
+            except OSError:
+                return None, f"reference table {name} is missing ({path})"
+            refs[name] = f"{st.st_size}-{st.st_mtime_ns}"
+        if refs:
+            versions["_reference"] = refs
+        return versions, ""
+
+    def _unchanged(self, plan: Plan, versions: dict[str, Any], reports: dict[str, RegionReport]) -> bool:
+        """True if the run read the versions the key names (else a commit landed in between)."""
+        for region, tables in self._tables_read(plan).items():
+            rep = reports.get(region)
+            if rep is None:
+                return False
+            if rep.snapshots:  # Iceberg: the executor reports the snapshot each table was read at
+                if any(rep.snapshots.get(t) != versions[region].get(t) for t in tables):
+                    return False
+            else:  # BigQuery: the job read the current state; is it still the version looked up before?
+                try:
+                    if table_versions(region, self.spec.regions[region], tables, 10.0) != versions[region]:
+                        return False
+                except Exception:  # noqa: BLE001
+                    return False
+        return True
+
+    def _hit_report(self, plan: Plan, table: pa.Table, cache_info: dict[str, Any], started: float) -> QueryReport:
+        return QueryReport(
+            strategy=plan.strategy,
+            coordinator_region=self.coordinator,
+            plan_ms=round(plan.plan_seconds * 1000, 3),
+            regions=[],
+            pruned={r: why for f in plan.fragments for r, why in f.pruned.items()},
+            rows_shipped=0,
+            bytes_shipped=0,
+            egress_usd=0.0,
+            merge_seconds=0.0,
+            total_seconds=round(time.perf_counter() - started, 4),
+            result_rows=table.num_rows,
+            cache=cache_info,
+        )
 
     def _register_tables(self, con: Any, plan: Plan) -> None:
         """Empty canonical tables (for binding and types) and the reference tables (real rows)."""
@@ -215,6 +405,9 @@ class Federation:
             con.register(name, empty)
             for region in self.catalog.regions_of(name):
                 con.register(region_alias_name(region, name), empty)
+        for name, live in self.catalog.live.items():
+            cols = ", ".join(f'"{c}" {t}' for c, t in live.columns.items())
+            con.execute(f'CREATE TABLE "{name}" ({cols})')
         for name, contract in self.catalog.reference.items():
             path = Path(self.catalog.reference_paths[name])
             if path.exists():
@@ -233,7 +426,8 @@ class Federation:
         for frag in plan.fragments:
             for rq in frag.regions:
                 reports.setdefault(rq.region, RegionReport(rq.region, rq.engine, "ok"))
-                tasks.append((frag, rq, executor_for(rq.region, self.spec.regions[rq.region])))
+                tasks.append((frag, rq, executor_for(rq.region, self.spec.regions[rq.region], rq.engine, self.spec,
+                                                     self.catalog.live)))  # fmt: skip
         runs: dict[tuple[str, str], RegionRun] = {}
         if not tasks:
             return runs, reports
@@ -309,7 +503,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 def connect(spec_or_path: PlatformSpec | str | os.PathLike[str] | None = None, *, coordinator: str | None = None,
-            timeout: float = DEFAULT_TIMEOUT) -> Federation:  # fmt: skip
-    """A Federation for a spec object, a spec path, or None ($SKYFED_SPEC, else ./skyfed.yaml)."""
+            timeout: float = DEFAULT_TIMEOUT, cache: bool = True, cache_ttl: float = DEFAULT_TTL,
+            cache_dir: str | os.PathLike[str] | None = None, clock: Any = time.time) -> Federation:  # fmt: skip
+    """A Federation for a spec object, a spec path, or None ($SKYFED_SPEC, else ./skyfed.yaml).
+
+    `cache` / `cache_ttl` (seconds) control the result cache under state_dir()/cache/query;
+    `clock` (a time.time-like function) is injectable for tests of the TTL.
+    """
     spec = spec_or_path if isinstance(spec_or_path, PlatformSpec) else load_spec(spec_or_path)
-    return Federation(spec, coordinator=coordinator, timeout=timeout)
+    return Federation(spec, coordinator=coordinator, timeout=timeout, cache=cache, cache_ttl=cache_ttl,
+                      cache_dir=cache_dir, clock=clock)  # fmt: skip

@@ -71,22 +71,55 @@ def _region_lock(region: str) -> threading.Lock:
         return _REGION_LOCKS.setdefault(region, threading.Lock())
 
 
+_ATTACHED: dict[str, str] = {}  # postgres sources ATTACHed in the shared DuckDB: name -> DSN
+
+
+def _attach_postgres(base: Any, name: str, dsn: str) -> None:
+    """ATTACH a PostgreSQL database READ_ONLY in the shared DuckDB once per process (the postgres extension, offline)."""
+    with _SHARED_LOCK:
+        if _ATTACHED.get(name) == dsn:
+            return
+        if not _SHARED.get("postgres_loaded"):
+            duck.load(base, "postgres")
+            _SHARED["postgres_loaded"] = True
+        if name in _ATTACHED:
+            base.execute(f'DETACH "{name}"')
+        quoted = dsn.replace("'", "''")
+        base.execute(f"ATTACH '{quoted}' AS \"{name}\" (TYPE postgres, READ_ONLY)")
+        _ATTACHED[name] = dsn
+
+
 class DuckDBIcebergExecutor:
-    """Views `<region>.<table>` over iceberg_scan in a shared DuckDB; one run per region at a time."""
+    """Views `<region>.<table>` over iceberg_scan in a shared DuckDB; one run per region at a time.
+
+    Live tables of the region are read by the same DuckDB: PostgreSQL databases ATTACHed
+    READ_ONLY as `<region>__<source>` (the scanner pushes projections and filters into
+    PostgreSQL), files tables read through the files connector and registered as Arrow.
+    """
 
     engine = "duckdb"
 
-    def __init__(self, region: str, store: IcebergStore):
+    def __init__(self, region: str, store: IcebergStore | None, spec: PlatformSpec | None = None,
+                 live: dict[str, Any] | None = None):  # fmt: skip
         self.region = region
         self.store_spec = store
+        self.spec = spec
+        self.live = live or {}
         self._con: Any = None
 
     def run(self, sql: str, tables: list[str], timeout: float) -> RegionRun:
         from skyfed.ingest.stores.iceberg import IcebergCuratedStore
 
         started = time.perf_counter()
-        store = IcebergCuratedStore(self.region, self.store_spec)
+        store = IcebergCuratedStore(self.region, self.store_spec) if self.store_spec is not None and any(
+            t not in self.live for t in tables) else None  # fmt: skip
         base, _ = _shared_duckdb()
+        for name in tables:
+            live = self.live.get(name)
+            if live is not None and live.kind == "postgres":
+                from skyfed.query.live import postgres_dsn
+
+                _attach_postgres(base, live.ref[0], postgres_dsn(self.spec, live))
         with _region_lock(self.region):
             con = base.cursor()
             self._con = con
@@ -101,6 +134,15 @@ class DuckDBIcebergExecutor:
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.region}"')
         snapshots: dict[str, Any] = {}
         for name in tables:
+            live = self.live.get(name)
+            if live is not None:
+                snapshots[name] = "live"
+                if live.kind == "gcs":
+                    from skyfed.query.live import read_files_table
+
+                    data, _skipped = read_files_table(self.spec, live)
+                    con.register(live.name, data)
+                continue
             table = store._table(name)
             snap = table.current_snapshot()
             snapshots[name] = snap.snapshot_id if snap else None
@@ -126,11 +168,15 @@ class DuckDBIcebergExecutor:
 
 
 class BigQueryExecutor:
+    """A query job in the location of the dataset it reads: the region's store, or a live BigQuery source."""
+
     engine = "bigquery"
 
-    def __init__(self, region: str, store: BigQueryStore):
+    def __init__(self, region: str, store: Any, spec: PlatformSpec | None = None, live: dict[str, Any] | None = None):
         self.region = region
         self.store_spec = store
+        self.spec = spec
+        self.live = live or {}
         self._job: Any = None
 
     def run(self, sql: str, tables: list[str], timeout: float) -> RegionRun:
@@ -142,16 +188,24 @@ class BigQueryExecutor:
         )
 
         started = time.perf_counter()
-        client = _client(self.store_spec)
+        target = self.store_spec
+        lives = [self.live[t] for t in tables if t in self.live]
+        if lives and len(lives) == len(tables) and len({(x.source) for x in lives}) == 1:
+            from skyfed.query.live import live_source_spec
+
+            target = live_source_spec(self.spec, lives[0])  # a BigQuery source dataset: a job in its location
+        if target is None:
+            raise SkyfedError(f"region {self.region}: no BigQuery dataset to run this part in")
+        client = _client(target)
         retry = Retry(deadline=max(1.0, min(timeout, 60.0)))
         config = bigquery.QueryJobConfig(use_legacy_sql=False)
-        job = client.query(sql, job_config=config, location=self.store_spec.location, retry=retry,
+        job = client.query(sql, job_config=config, location=target.location, retry=retry,
                            timeout=timeout, job_retry=None)  # fmt: skip
         self._job = job
         rows = job.result(timeout=timeout, retry=retry)
         table = rows.to_arrow(create_bqstorage_client=False)
         scanned = getattr(job, "total_bytes_processed", None)
-        return RegionRun(table, time.perf_counter() - started, scanned, {})
+        return RegionRun(table, time.perf_counter() - started, scanned, {t: "live" for t in tables if t in self.live})
 
     def cancel(self) -> None:
         job = self._job
@@ -169,14 +223,57 @@ def _duck_type(t: pa.DataType) -> str:
             "bool": "BOOLEAN", "date32[day]": "DATE"}.get(str(t), "VARCHAR")  # fmt: skip
 
 
-def executor_for(region_name: str, region: Region) -> RegionExecutor:
+def executor_for(region_name: str, region: Region, engine: str | None = None, spec: PlatformSpec | None = None,
+                 live: dict[str, Any] | None = None) -> RegionExecutor:  # fmt: skip
+    """The executor for one region's part: `engine` (duckdb | bigquery) defaults to the store's."""
     store = region.store
-    if isinstance(store, IcebergStore):
-        return DuckDBIcebergExecutor(region_name, store)
-    if isinstance(store, BigQueryStore):
-        return BigQueryExecutor(region_name, store)
+    if engine is None:
+        engine = "duckdb" if isinstance(store, IcebergStore) else "bigquery" if isinstance(store, BigQueryStore) else None
+    if engine == "duckdb":
+        return DuckDBIcebergExecutor(region_name, store if isinstance(store, IcebergStore) else None, spec, live)
+    if engine == "bigquery":
+        return BigQueryExecutor(region_name, store if isinstance(store, BigQueryStore) else None, spec, live)
     raise SkyfedError(f"region {region_name}: no query executor for store kind {store.kind!r}")
 
 
 def executors(spec: PlatformSpec) -> dict[str, RegionExecutor]:
     return {name: executor_for(name, region) for name, region in spec.regions.items()}
+
+
+# --------------------------------------------------------------------------- table versions (for the result cache)
+
+
+def table_versions(region_name: str, region: Region, tables: list[str], timeout: float = 10.0) -> dict[str, Any]:
+    """The version each of `tables` is at in the region's store, without reading data.
+
+    Iceberg: the current snapshot id (the SQL catalog row and the metadata.json, no manifests).
+    BigQuery: the id of the table's last commit in `_skyfed_commits` (one small query job,
+    retried for at most `timeout` seconds, so a dead endpoint fails fast).
+    """
+    store = region.store
+    if isinstance(store, IcebergStore):
+        from skyfed.ingest.stores.iceberg import IcebergCuratedStore
+
+        ice = IcebergCuratedStore(region_name, store)
+        out: dict[str, Any] = {}
+        for name in tables:
+            snap = ice._table(name).current_snapshot()
+            out[name] = snap.snapshot_id if snap else None
+        return out
+    if isinstance(store, BigQueryStore):
+        from google.api_core.retry import Retry
+
+        from skyfed.ingest.stores.bigquery import COMMITS_TABLE, _client
+
+        client = _client(store)
+        ref = f"`{store.project}.{store.dataset}.{COMMITS_TABLE}`"
+        names = ", ".join("'" + t.replace("'", "") + "'" for t in sorted(set(tables)))  # contract names (spec Name)
+        sql = (
+            f"SELECT c.contract, c.commit_id FROM {ref} c JOIN (SELECT contract, MAX(seq) AS seq FROM {ref} "
+            f"WHERE contract IN ({names}) GROUP BY contract) m ON c.contract = m.contract AND c.seq = m.seq"
+        )
+        retry = Retry(deadline=max(1.0, timeout))
+        job = client.query(sql, location=store.location, retry=retry, timeout=timeout, job_retry=None)
+        found = {row[0]: row[1] for row in job.result(timeout=timeout, retry=retry)}
+        return {name: found.get(name) for name in tables}
+    raise SkyfedError(f"region {region_name}: no version lookup for store kind {store.kind!r}")

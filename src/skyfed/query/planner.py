@@ -40,6 +40,7 @@ from skyfed.query.catalog import (
     DUCKDB,
     Catalog,
     RegionTarget,
+    live_name,
     region_alias_name,
     split_region_alias,
 )
@@ -67,7 +68,7 @@ class Fragment:
 
     name: str  # relation name in the coordinator SQL
     tables: list[str]  # canonical tables it reads (several for a co-located join)
-    strategy: str  # scan | partial_aggregate | top_n
+    strategy: str  # scan | partial_aggregate | top_n | single_region
     columns: list[str]  # columns that cross region boundaries
     duckdb_sql: str  # the regional SQL over canonical names, DuckDB dialect (also run on empty tables for types)
     regions: list[RegionQuery] = field(default_factory=list)
@@ -79,7 +80,7 @@ class Fragment:
 @dataclass
 class Plan:
     sql: str  # the user's SQL
-    strategy: str  # partial_aggregate | top_n | scan
+    strategy: str  # single_region | partial_aggregate | top_n | scan
     fragments: list[Fragment]
     coordinator_sql: str  # DuckDB, over the fragments (and reference tables)
     bind_sql: str  # the qualified query over canonical names: run on empty tables it gives the result schema
@@ -119,7 +120,7 @@ def plan_query(sql: str, catalog: Catalog) -> Plan:
     scopes = traverse_scope(tree)
     _check_tables(scopes, catalog)
     planner = _Planner(catalog, tree, scopes)
-    plan = planner.partial_aggregate() or planner.top_n() or planner.scan()
+    plan = planner.single_region() or planner.partial_aggregate() or planner.top_n() or planner.scan()
     plan.sql = sql
     plan.bind_sql = bind_sql
     plan.plan_seconds = time.perf_counter() - started
@@ -127,21 +128,29 @@ def plan_query(sql: str, catalog: Catalog) -> Plan:
 
 
 def _names_hint(catalog: Catalog) -> str:
-    names = list(catalog.contracts) + [f"{r}.{t}" for r in catalog.regions for t in sorted(catalog.regions[r].tables)]
-    return f"tables: {', '.join(names)}; reference: {', '.join(catalog.reference) or 'none'}"
+    names = list(catalog.contracts) + [f"{r}.{t}" for r in catalog.regions for t in sorted(catalog.regions[r].tables)
+                                       if t in catalog.contracts]  # fmt: skip
+    return (f"tables: {', '.join(names)}; reference: {', '.join(catalog.reference) or 'none'}; "
+            "live source tables: region.source.table (e.g. latam.ops.voos)")  # fmt: skip
 
 
 def _resolve_names(tree: exp.Expression, catalog: Catalog) -> exp.Expression:
-    """`eu.flight_leg` -> internal `eu__flight_leg AS flight_leg`; refuse names no region holds."""
+    """`eu.flight_leg` -> internal `eu__flight_leg AS flight_leg`; `latam.ops.voos` -> the live
+    table's internal name (Federation.plan resolved it first); refuse names no region holds."""
     for table in list(tree.find_all(exp.Table)):
         if not isinstance(table.this, exp.Identifier):
             continue
         db, catalog_part, name = table.db, table.catalog, table.name.lower()
         if catalog_part:
-            raise SkyfedError(
-                f"{table.sql('duckdb')}: live source tables are not queryable yet (planned: phase 2 of issue 4)",
-                _names_hint(catalog),
-            )
+            internal = live_name(catalog_part.lower(), db.lower(), table.name)
+            if internal not in catalog.live:
+                raise SkyfedError(f"{table.sql('duckdb')}: no such live source table", _names_hint(catalog))
+            alias = table.alias or table.name
+            table.set("catalog", None)
+            table.set("db", None)
+            table.set("this", exp.to_identifier(internal))
+            table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+            continue
         if not db:
             continue
         region = db.lower()
@@ -259,7 +268,9 @@ class _Planner:
             if missing:
                 pruned[r] = f"has no {', '.join(missing)}"
             elif fixed and fixed != {r}:
-                pruned[r] = f"the query names {', '.join(sorted(fixed))}.{tables[0][1]}"
+                first = tables[0][1]
+                shown = self.catalog.live[first].dotted if first in self.catalog.live else f"{', '.join(sorted(fixed))}.{first}"
+                pruned[r] = f"the query names {shown}"
             else:
                 candidates.append(r)
         wanted = self._region_predicate(conjuncts, aliases)
@@ -351,23 +362,27 @@ class _Planner:
         return "?"
 
     def _engine_ok(self, regions: list[str], nodes: list[exp.Expression], aliases: dict[str, str]) -> bool:
-        if not any(self.catalog.regions[r].engine == BIGQUERY for r in regions):
+        engines = {self.catalog.engine_of(r, t) for r in regions for t in aliases.values()
+                   if t in self.catalog.regions[r].tables}  # fmt: skip
+        if BIGQUERY not in engines:
             return True
         return all(self._bq_safe(n, aliases) for n in nodes)
 
     # ----------------------------------------------------------------- region SQL
 
-    def _region_queries(self, select: exp.Select, regions: list[str], tables: list[str]) -> list[RegionQuery]:
+    def _region_queries(self, select: exp.Expression, regions: list[str], tables: list[str]) -> list[RegionQuery]:
         out = []
         for r in regions:
             target = self.catalog.regions[r]
             copy = select.copy()
+            engines = {self.catalog.engine_of(r, t) for t in tables}
+            engine = engines.pop() if len(engines) == 1 else target.engine
             for t in list(copy.find_all(exp.Table)):
                 hit = self._canonical(t)
                 if hit is not None:
-                    t.replace(target.table_ref(hit[1], t.alias_or_name))
-            dialect = "bigquery" if target.engine == BIGQUERY else "duckdb"
-            out.append(RegionQuery(r, target.engine, copy.sql(dialect), sorted(set(tables))))
+                    t.replace(target.table_ref(hit[1], t.alias_or_name, self.catalog.live.get(hit[1])))
+            dialect = "bigquery" if engine == BIGQUERY else "duckdb"
+            out.append(RegionQuery(r, engine, copy.sql(dialect), sorted(set(tables))))
         return out
 
     # ----------------------------------------------------------------- single-block queries
@@ -410,6 +425,42 @@ class _Planner:
                 return None
             joined.add(right)
         return tree, aliases, tables
+
+    def single_region(self) -> Plan | None:
+        """A query over live tables (and `R.table` names) of one DuckDB region runs whole in that region.
+
+        Only when every table it reads is in region R and read by DuckDB there (Iceberg
+        tables, PostgreSQL through the postgres extension, files): the region runs the
+        query as written and ships its answer; the coordinator only passes it through.
+        """
+        region: str | None = None
+        tables: list[str] = []
+        has_live = False
+        for scope in self.scopes:
+            for source in scope.sources.values():
+                if not isinstance(source, exp.Table) or not isinstance(source.this, exp.Identifier):
+                    continue
+                hit = self._canonical(source)
+                if hit is None:
+                    return None  # a reference table (read at the coordinator)
+                r, t = hit
+                if r is None or (region is not None and r != region) or self.catalog.engine_of(r, t) != DUCKDB:
+                    return None
+                region = r
+                has_live = has_live or t in self.catalog.live
+                tables.append(t)
+        if not has_live or region is None:
+            return None
+        frag_name = self._new_name()
+        columns = [s.alias_or_name for s in self.tree.selects] if hasattr(self.tree, "selects") else []
+        frag = Fragment(
+            name=frag_name, tables=sorted(set(tables)), strategy="single_region", columns=columns,
+            duckdb_sql=self.tree.sql("duckdb"),
+            regions=self._region_queries(self.tree, [region], sorted(set(tables))),
+            pruned={r: f"the query reads only {region}" for r in self.catalog.regions if r != region},
+        )  # fmt: skip
+        frag.notes.append(f"every table is in {region} and read by its DuckDB: the whole query runs there")
+        return Plan("", "single_region", [frag], f'SELECT * FROM "{frag_name}"', "", [], [])
 
     def partial_aggregate(self) -> Plan | None:
         block = self._block()
@@ -605,9 +656,10 @@ class _Planner:
     def _needed_columns(self, alias: str, table: str) -> list[str]:
         """Columns of `table` referenced through `alias` anywhere in the query (a superset is harmless)."""
         wanted = {c.name for c in self.tree.find_all(exp.Column) if c.table == alias}
-        cols = [c for c in self.catalog.contracts[table].columns if c in wanted]
+        all_cols = self.catalog.columns_of(table)
+        cols = [c for c in all_cols if c in wanted]
         if not cols:  # e.g. count(*): ship the narrowest useful column so row counts survive
-            cols = ["region"] if "region" in self.catalog.contracts[table].columns else [next(iter(self.catalog.contracts[table].columns))]
+            cols = ["region"] if "region" in all_cols else [all_cols[0]]
         return cols
 
     def scan(self) -> Plan:
