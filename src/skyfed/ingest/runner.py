@@ -391,7 +391,7 @@ def _deduplicated(con: duckdb.DuckDBPyConnection, contract: Any, staged: bool) -
         )
     else:
         sql = f"SELECT {cols} FROM stage"
-    reader = con.sql(sql).fetch_record_batch(500_000)
+    reader = con.sql(sql).to_arrow_reader(500_000)
     return pa.RecordBatchReader.from_batches(schema, (b.cast(schema) for b in reader))
 
 
