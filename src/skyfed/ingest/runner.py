@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp, parse_one
@@ -154,7 +155,7 @@ def run_mapping(
         # persistent database file made every staged batch a disk write.
         con = duckdb.connect()
         con.execute(f"SET temp_directory = '{stage_dir / 'spill'}'")
-        con.execute(f"SET memory_limit = '{os.environ.get('SKYFED_INGEST_MEMORY', '1GB')}'")
+        con.execute(f"SET memory_limit = '{os.environ.get('SKYFED_INGEST_MEMORY', '512MB')}'")
         con.execute("SET preserve_insertion_order = false")
         prepare_reference(con, spec)
         ref_tables = {name: name for name in spec.reference}
@@ -168,7 +169,7 @@ def run_mapping(
         for batch in _sliced(connector.read(request, upto, after, rejects.append), batch_rows):
             result.rows_read += batch.num_rows
             result.bytes_read += batch.nbytes
-            batch = pa.Table.from_batches([batch]).append_column(SEQ, pa.array(range(seq, seq + batch.num_rows), pa.int64()))
+            batch = pa.Table.from_batches([batch]).append_column(SEQ, pa.array(np.arange(seq, seq + batch.num_rows, dtype=np.int64)))
             seq += batch.num_rows
             batch_types = duckdb_types_of(batch.schema)
             if compiled is None or compiled[0] != batch_types:
@@ -257,11 +258,21 @@ def _batch_rows_from_env() -> int:
 
 
 def _sliced(batches: Any, size: int) -> Any:
-    """Non-empty batches of at most `size` rows (connectors treat batch_rows as a target only)."""
+    """Batches of about `size` rows: large ones are cut (connectors treat batch_rows as a
+    target only), small ones (one per small file) are combined, since every batch pays
+    for planning the harmonize statement. A read's batches share one schema."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
     for batch in batches:
         for offset in range(0, batch.num_rows, size):
-            yield batch.slice(offset, size)
-
+            piece = batch.slice(offset, size)
+            pending.append(piece)
+            rows += piece.num_rows
+            if rows >= size:
+                yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+                pending, rows = [], 0
+    if rows:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 def _raise_on_fail(mapping: Mapping, out: pa.Table, kind: str) -> None:
     has_fail = pc.greater(pc.list_value_length(out[FAIL]), 0)
