@@ -15,7 +15,7 @@ from skyfed.spec.models import Contract
 
 _DECIMAL = re.compile(r"^decimal\((\d+),(\d+)\)$")
 
-_ARROW: dict[str, pa.DataType] = {
+ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),
     "int32": pa.int32(),
     "int64": pa.int64(),
@@ -42,7 +42,7 @@ def arrow_type(type_name: str) -> pa.DataType:
     m = _DECIMAL.match(type_name)
     if m:
         return pa.decimal128(int(m.group(1)), int(m.group(2)))
-    return _ARROW[type_name]
+    return ARROW_TYPES[type_name]
 
 
 def duckdb_type(type_name: str) -> str:

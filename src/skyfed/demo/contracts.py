@@ -14,16 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-ARROW_TYPES: dict[str, pa.DataType] = {
-    "string": pa.string(),
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "double": pa.float64(),
-    "bool": pa.bool_(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us"),
-    "timestamptz": pa.timestamp("us", tz="UTC"),
-}
+from skyfed.contracts.types import ARROW_TYPES  # noqa: E402  (one table of canonical types)
 
 
 @dataclass(frozen=True)
