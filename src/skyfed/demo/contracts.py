@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from skyfed.contracts.types import ARROW_TYPES  # noqa: E402  (one table of canonical types)
+from skyfed.contracts.types import ARROW_TYPES  # one table of canonical types
 
 
 @dataclass(frozen=True)
