@@ -155,7 +155,7 @@ def run_mapping(
         # persistent database file made every staged batch a disk write.
         con = duckdb.connect()
         con.execute(f"SET temp_directory = '{stage_dir / 'spill'}'")
-        con.execute(f"SET memory_limit = '{os.environ.get('SKYFED_INGEST_MEMORY', '512MB')}'")
+        con.execute(f"SET memory_limit = '{os.environ.get('SKYFED_INGEST_MEMORY', '320MB')}'")
         con.execute("SET preserve_insertion_order = false")
         prepare_reference(con, spec)
         ref_tables = {name: name for name in spec.reference}
