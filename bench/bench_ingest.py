@@ -40,6 +40,8 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from benchlib import legs_table_sql, pg_env, pg_uri
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -49,29 +51,7 @@ GOAL_X_DLT = 2.0
 GOAL_SHARE_COPY = 0.5
 GOAL_PEAK_MB = 1536
 
-CREATE = f"""
-DROP TABLE IF EXISTS {TABLE};
-CREATE TABLE {TABLE} (
-  id bigint PRIMARY KEY, flight_no text NOT NULL, carrier text NOT NULL, origin char(3) NOT NULL,
-  dest char(3) NOT NULL, tail text, dep_sched_local timestamp NOT NULL, dep_actual_utc timestamptz,
-  arr_actual_utc timestamptz, distance_km numeric(8,1), fuel_kg numeric(12,2), fare_local numeric(12,2),
-  currency text, load_factor double precision, pax integer, status text, updated_at timestamptz NOT NULL
-);
-INSERT INTO {TABLE}
-SELECT g, 'SF' || lpad((g % 9000)::text, 4, '0'), (array['SF','SK','SJ','ST'])[1 + g % 4],
-  (array['LIM','SCL','GRU','BOG','EZE','MEX','PTY','UIO'])[1 + g % 8],
-  (array['CUZ','AQP','GIG','MDE','COR','CUN','SJO','GYE'])[1 + (g / 8) % 8],
-  'CC-' || upper(substr(md5((g % 400)::text), 1, 3)),
-  timestamp '2023-01-01' + (g % 525600) * interval '1 minute',
-  timestamptz '2023-01-01 00:00+00' + (g % 525600) * interval '1 minute' + (g % 37) * interval '1 minute',
-  timestamptz '2023-01-01 02:00+00' + (g % 525600) * interval '1 minute',
-  (g % 7000 + 150)::numeric(8,1), round((g % 90000) * 1.37, 2), round((g % 50000) * 0.731, 2),
-  (array['PEN','CLP','BRL','COP'])[1 + g % 4], (g % 1000) / 1000.0, g % 300,
-  (array['scheduled','departed','landed','cancelled','diverted'])[1 + g % 5],
-  timestamptz '2023-01-01 00:00+00' + g * interval '1 second'
-FROM generate_series(1, %(rows)s) g;
-VACUUM ANALYZE {TABLE};
-"""
+CREATE = legs_table_sql(TABLE)
 
 CONTRACT = {
     "version": 1,
@@ -120,28 +100,11 @@ MAPPING_COLUMNS = {
 }
 
 
-def _env() -> dict[str, str]:
-    return {
-        k: os.environ[k]
-        for k in (
-            "SKYFED_PG_HOST",
-            "SKYFED_PG_PORT",
-            "SKYFED_PG_USER",
-            "SKYFED_PG_PASSWORD",
-        )
-    }
-
-
-def _uri() -> str:
-    e = _env()
-    return f"postgresql://{e['SKYFED_PG_USER']}:{e['SKYFED_PG_PASSWORD']}@{e['SKYFED_PG_HOST']}:{e['SKYFED_PG_PORT']}/skyfed"
-
-
 def bench_spec(warehouse: str):
     """A one-region spec: the bench table -> contract `bench_leg` in an Iceberg store."""
     from skyfed.spec.models import PlatformSpec
 
-    e = _env()
+    e = pg_env()
     return PlatformSpec.model_validate({
         "skyfed": 1, "name": "bench",
         "regions": {"bench": {
@@ -414,7 +377,7 @@ def run_dlt() -> dict[str, Any]:
         os.environ["DLT_DATA_DIR"] = tmp
         start = time.perf_counter()
         source = sql_database(
-            credentials=_uri().replace("postgresql://", "postgresql+psycopg2://"),
+            credentials=pg_uri().replace("postgresql://", "postgresql+psycopg2://"),
             table_names=[TABLE], backend="pyarrow", chunk_size=100_000,
         )  # fmt: skip
         pipe = dlt.pipeline(
@@ -448,14 +411,14 @@ def run_raw_copy() -> dict[str, Any]:
     nbytes = 0
     start = time.perf_counter()
     with (
-        psycopg.connect(_uri()) as con,
+        psycopg.connect(pg_uri()) as con,
         con.cursor() as cur,
         cur.copy(f"COPY (SELECT * FROM {TABLE}) TO STDOUT (FORMAT binary)") as copy,
     ):
         for chunk in copy:
             nbytes += len(chunk)
     seconds = time.perf_counter() - start
-    with psycopg.connect(_uri()) as con:
+    with psycopg.connect(pg_uri()) as con:
         rows = int(con.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0])  # type: ignore[index]
     return {"rows": rows, "seconds": seconds, "copy_bytes": nbytes}
 
@@ -546,7 +509,7 @@ def main() -> None:
     os.environ.update(localenv.service_env(os.environ["SKYFED_HOME"]))
     import psycopg
 
-    with psycopg.connect(_uri(), autocommit=True) as con:
+    with psycopg.connect(pg_uri(), autocommit=True) as con:
         have = con.execute(
             f"SELECT count(*) FROM pg_class WHERE relname = '{TABLE}'"
         ).fetchone()[0]  # type: ignore[index]

@@ -32,48 +32,19 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import legs_table_sql, pg_env, pg_uri
+
 HERE = Path(__file__).resolve().parent
 TABLE = "bench_legs"
 METHODS = ["skyfed", "skyfed_parallel1", "adbc", "duckdb_scan", "dlt_extract", "dlt_full", "raw_copy"]
 
-CREATE = f"""
-DROP TABLE IF EXISTS {TABLE};
-CREATE TABLE {TABLE} (
-  id bigint PRIMARY KEY, flight_no text NOT NULL, carrier text NOT NULL, origin char(3) NOT NULL,
-  dest char(3) NOT NULL, tail text, dep_sched_local timestamp NOT NULL, dep_actual_utc timestamptz,
-  arr_actual_utc timestamptz, distance_km numeric(8,1), fuel_kg numeric(12,2), fare_local numeric(12,2),
-  currency text, load_factor double precision, pax integer, status text, updated_at timestamptz NOT NULL
-);
-INSERT INTO {TABLE}
-SELECT g, 'SF' || lpad((g % 9000)::text, 4, '0'), (array['SF','SK','SJ','ST'])[1 + g % 4],
-  (array['LIM','SCL','GRU','BOG','EZE','MEX','PTY','UIO'])[1 + g % 8],
-  (array['CUZ','AQP','GIG','MDE','COR','CUN','SJO','GYE'])[1 + (g / 8) % 8],
-  'CC-' || upper(substr(md5((g % 400)::text), 1, 3)),
-  timestamp '2023-01-01' + (g % 525600) * interval '1 minute',
-  timestamptz '2023-01-01 00:00+00' + (g % 525600) * interval '1 minute' + (g % 37) * interval '1 minute',
-  timestamptz '2023-01-01 02:00+00' + (g % 525600) * interval '1 minute',
-  (g % 7000 + 150)::numeric(8,1), round((g % 90000) * 1.37, 2), round((g % 50000) * 0.731, 2),
-  (array['PEN','CLP','BRL','COP'])[1 + g % 4], (g % 1000) / 1000.0, g % 300,
-  (array['scheduled','departed','landed','cancelled','diverted'])[1 + g % 5],
-  timestamptz '2023-01-01 00:00+00' + g * interval '1 second'
-FROM generate_series(1, %(rows)s) g;
-VACUUM ANALYZE {TABLE};
-"""
-
-
-def _env() -> dict[str, str]:
-    return {k: os.environ[k] for k in ("SKYFED_PG_HOST", "SKYFED_PG_PORT", "SKYFED_PG_USER", "SKYFED_PG_PASSWORD")}
-
-
-def _uri() -> str:
-    e = _env()
-    return f"postgresql://{e['SKYFED_PG_USER']}:{e['SKYFED_PG_PASSWORD']}@{e['SKYFED_PG_HOST']}:{e['SKYFED_PG_PORT']}/skyfed"
+CREATE = legs_table_sql(TABLE)
 
 
 def _spec():  # noqa: ANN202
     from skyfed.spec.models import PostgresSource
 
-    e = _env()
+    e = pg_env()
     return PostgresSource.model_validate({
         "kind": "postgres", "host": e["SKYFED_PG_HOST"], "port": int(e["SKYFED_PG_PORT"]),
         "database": "skyfed", "user": e["SKYFED_PG_USER"], "password": "${SKYFED_PG_PASSWORD}",
@@ -95,7 +66,7 @@ def run_method(method: str) -> int:
         import adbc_driver_postgresql.dbapi as adbc
 
         rows = 0
-        with adbc.connect(_uri()) as con, con.cursor() as cur:
+        with adbc.connect(pg_uri()) as con, con.cursor() as cur:
             cur.execute(f"SELECT * FROM {TABLE}")
             for batch in cur.fetch_record_batch():
                 rows += batch.num_rows
@@ -103,7 +74,7 @@ def run_method(method: str) -> int:
     if method == "duckdb_scan":
         from skyfed.connectors import duck
 
-        e = _env()
+        e = pg_env()
         con = duck.connect(["postgres"])
         con.execute("SET TimeZone = 'UTC'")
         con.execute(
@@ -121,7 +92,7 @@ def run_method(method: str) -> int:
         with tempfile.TemporaryDirectory(prefix="dlt-bench-") as tmp:
             os.environ["DLT_DATA_DIR"] = tmp
             source = sql_database(
-                credentials=_uri().replace("postgresql://", "postgresql+psycopg2://"),
+                credentials=pg_uri().replace("postgresql://", "postgresql+psycopg2://"),
                 table_names=[TABLE], backend="pyarrow", chunk_size=100_000,
             )  # fmt: skip
             pipe = dlt.pipeline(
@@ -138,11 +109,11 @@ def run_method(method: str) -> int:
         import psycopg
 
         nbytes = 0
-        with psycopg.connect(_uri()) as con, con.cursor() as cur:
+        with psycopg.connect(pg_uri()) as con, con.cursor() as cur:
             with cur.copy(f"COPY (SELECT * FROM {TABLE}) TO STDOUT (FORMAT binary)") as copy:
                 for chunk in copy:
                     nbytes += len(chunk)
-        with psycopg.connect(_uri()) as con:
+        with psycopg.connect(pg_uri()) as con:
             return int(con.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0])  # type: ignore[index]
     raise SystemExit(f"unknown method {method}")
 
@@ -190,7 +161,7 @@ def main() -> None:
     os.environ.update(localenv.service_env(os.environ["SKYFED_HOME"]))
     import psycopg
 
-    with psycopg.connect(_uri(), autocommit=True) as con:
+    with psycopg.connect(pg_uri(), autocommit=True) as con:
         have = con.execute(f"SELECT count(*) FROM pg_class WHERE relname = '{TABLE}'").fetchone()[0]  # type: ignore[index]
         n = con.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] if have else 0  # type: ignore[index]
         if not (args.keep_table and n == args.rows):

@@ -149,24 +149,6 @@ def _instrument() -> None:
         wrap(cls, "clear_quarantine", "quarantine")
 
 
-def _patch_bq_grpc_limit() -> None:
-    """Bench-only stand-in for the recommended fix: the BigQuery Storage Read channel to the
-    emulator (skyfed.connectors.bigquery.BigQueryConnector.read_client) is opened with gRPC's
-    default 4 MiB receive limit, which a ReadRows response of a >~25k-row eu table exceeds."""
-    import grpc
-
-    orig = grpc.insecure_channel
-
-    def insecure_channel(target: str, options: Any = None, *a: Any, **k: Any) -> Any:
-        opts = list(options or []) + [
-            ("grpc.max_receive_message_length", -1),
-            ("grpc.max_send_message_length", -1),
-        ]
-        return orig(target, opts, *a, **k)
-
-    grpc.insecure_channel = insecure_channel  # type: ignore[assignment]
-
-
 def _stages(seconds: float) -> dict[str, float]:
     t = S.t
     loop = t.get("loop_wall", 0.0)
@@ -185,8 +167,6 @@ def child() -> None:
     from skyfed.spec import load_spec
 
     _instrument()
-    if os.environ.get("BENCH_PATCH_BQ_GRPC") == "1":
-        _patch_bq_grpc_limit()
     from skyfed.ingest import batch
 
     spec = load_spec(EXAMPLE)
@@ -325,11 +305,6 @@ def main() -> None:
         help="comma-separated mappings/regions to (re)run; their results replace those of the same names in "
         "the last run of this size, and the verification is redone over the merged set",
     )
-    ap.add_argument(
-        "--patch-bq-grpc-limit",
-        action="store_true",
-        help="bench-only: lift gRPC's 4 MiB receive limit on the BigQuery emulator channel (see _patch_bq_grpc_limit)",
-    )
     args = ap.parse_args()
     if args.child:
         child()
@@ -350,8 +325,6 @@ def main() -> None:
         for st in reg["tables"].values()
     )
 
-    if args.patch_bq_grpc_limit:
-        os.environ["BENCH_PATCH_BQ_GRPC"] = "1"
     os.environ["BENCH_SELECT"] = args.select
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--child"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -456,7 +429,7 @@ def main() -> None:
         "spec": str(EXAMPLE.relative_to(ROOT)),
         "source_rows": source_rows,
         "seed_timings_s": seeded["timings"],
-        "bench_patches": ["bq_grpc_max_receive_message_length=-1"] if args.patch_bq_grpc_limit else [],
+        "bench_patches": [],
         "finished": done is not None,
         "timed_out": timed_out,
         "timeout_s": args.timeout,
