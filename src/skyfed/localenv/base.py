@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import os
 import subprocess
 import urllib.error
@@ -26,7 +27,7 @@ class Missing(Exception):
         self.hint = hint
 
 
-class Service:
+class Service(abc.ABC):
     """A local stand-in for one Google Cloud service.
 
     Subclasses name their ports, build their command and say how to tell they are ready.
@@ -46,20 +47,20 @@ class Service:
     def version(self) -> str | None:
         return None
 
+    @abc.abstractmethod
     def markers(self, paths: Paths, ports: dict[str, int]) -> list[str]:
         """Words the service's command line must contain for a pid to be ours."""
-        raise NotImplementedError
 
     def prepare(self, paths: Paths, ports: dict[str, int]) -> None:
         """One-time setup and cleanup of leftovers before a start."""
 
+    @abc.abstractmethod
     def launch(self, paths: Paths, ports: dict[str, int], log: Path) -> tuple[int, list[str]]:
         """Start the service detached from this process; return (pid, command)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def probe(self, paths: Paths, ports: dict[str, int]) -> bool:
         """One readiness attempt: True when the service answers a real request."""
-        raise NotImplementedError
 
     def after_ready(self, paths: Paths, ports: dict[str, int]) -> None:
         """Setup that needs the running service (e.g. create a database)."""
@@ -75,7 +76,12 @@ class Service:
 
 
 def spawn(cmd: list[str], log: Path, *, cwd: Path, env: dict[str, str] | None = None) -> int:
-    """Start `cmd` in its own session (it outlives `skyfed up`), output appended to `log`."""
+    """Start `cmd` in its own session (it outlives `skyfed up`), output appended to `log`.
+
+    A log over LOG_ROTATE_BYTES is moved to `<log>.1` first (replacing the older one), so
+    restarts never let a service's logs grow without bound.
+    """
+    rotate_log(log)
     with open(log, "ab") as fh:
         fh.write(f"\n=== skyfed: starting at {now_iso()}: {' '.join(cmd)}\n".encode())
         fh.flush()
@@ -91,6 +97,20 @@ def spawn(cmd: list[str], log: Path, *, cwd: Path, env: dict[str, str] | None = 
         )
     _CHILDREN[proc.pid] = proc
     return proc.pid
+
+
+LOG_ROTATE_BYTES = 20 * 1024 * 1024
+
+
+def rotate_log(log: Path, limit: int = LOG_ROTATE_BYTES) -> bool:
+    """Move `log` to `<log>.1` when it is larger than `limit`; True when it did."""
+    try:
+        if log.stat().st_size <= limit:
+            return False
+    except FileNotFoundError:
+        return False
+    log.replace(log.with_name(log.name + ".1"))
+    return True
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
