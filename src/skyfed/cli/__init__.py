@@ -31,6 +31,8 @@ def _register() -> None:
     """Import command modules; each adds its commands to `app`."""
     from skyfed.cli import demo, ingest, local, quarantine, spec  # noqa: F401
     from skyfed.cli import query  # noqa: F401
+    from skyfed.cli import pipelines  # noqa: F401
+    from skyfed.cli import governance  # noqa: F401
 
 
 def main() -> None:
