@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from skyfed.catalog.metadata import metadata_url, prepare
+from skyfed.catalog.metadata import engine_for
 
 _meta = sa.MetaData()
 audit_log = sa.Table(
@@ -33,17 +33,11 @@ audit_log = sa.Table(
     sa.Column("detail", sa.Text),  # JSON: run id, error, region...
 )
 
-_engines: dict[str, sa.Engine] = {}
 _JSON = ("tables", "columns", "decisions", "detail")
 
 
 def engine() -> sa.Engine:
-    url = metadata_url()
-    if url not in _engines:
-        eng = sa.create_engine(prepare(url))
-        _meta.create_all(eng)
-        _engines[url] = eng
-    return _engines[url]
+    return engine_for(_meta)
 
 
 def insert(row: dict[str, Any]) -> None:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 from urllib.parse import urlsplit, urlunsplit
 
 from skyfed.errors import SkyfedError
@@ -51,6 +54,34 @@ def prepare(url: str) -> str:
             finally:
                 con.close()
     return url
+
+
+_ENGINES: dict[str, sa.Engine] = {}
+_CREATED: set[tuple[str, int]] = set()
+
+
+def engine_for(meta: sa.MetaData, url: str | None = None) -> sa.Engine:
+    """The process's engine for the metadata database, with `meta`'s tables created.
+
+    One engine per URL is shared by every component. Two processes creating the same
+    tables at once can both pass SQLAlchemy's existence check; the loser's CREATE then
+    fails, so the check is repeated a few times before giving up.
+    """
+    chosen = metadata_url(url)
+    eng = _ENGINES.get(chosen)
+    if eng is None:
+        args = {"timeout": 30} if is_sqlite(chosen) else {}  # wait for a concurrent writer instead of failing
+        eng = _ENGINES[chosen] = sa.create_engine(prepare(chosen), connect_args=args)
+    if (chosen, id(meta)) not in _CREATED:
+        for attempt in range(5):
+            try:
+                meta.create_all(eng)
+                break
+            except DBAPIError:
+                if attempt == 4:
+                    raise
+        _CREATED.add((chosen, id(meta)))
+    return eng
 
 
 def redact(url: str) -> str:

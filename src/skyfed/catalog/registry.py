@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from skyfed.catalog.metadata import metadata_url, prepare
+from skyfed.catalog.metadata import engine_for
 from skyfed.errors import SkyfedError
 
 _meta = sa.MetaData()
@@ -34,16 +34,9 @@ versions = sa.Table(
     sa.UniqueConstraint("kind", "name", "hash", name="uq_registry_hash"),
 )
 
-_engines: dict[str, sa.Engine] = {}
-
 
 def engine() -> sa.Engine:
-    url = metadata_url()
-    if url not in _engines:
-        eng = sa.create_engine(prepare(url))
-        _meta.create_all(eng)
-        _engines[url] = eng
-    return _engines[url]
+    return engine_for(_meta)
 
 
 def _row(r: Any) -> dict[str, Any]:

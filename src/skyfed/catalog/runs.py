@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from skyfed.catalog.metadata import metadata_url
+from skyfed.catalog.metadata import engine_for
 
 _meta = sa.MetaData()
 ingest_results = sa.Table(
@@ -39,16 +39,9 @@ ingest_results = sa.Table(
     sa.Column("detail", sa.Text),  # JSON: positions, reasons, warnings, error
 )
 
-_engines: dict[str, sa.Engine] = {}
-
 
 def engine() -> sa.Engine:
-    url = metadata_url()
-    if url not in _engines:
-        eng = sa.create_engine(url)
-        _meta.create_all(eng)
-        _engines[url] = eng
-    return _engines[url]
+    return engine_for(_meta)
 
 
 def record(result: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from skyfed.catalog import registry, runs
 from skyfed.catalog.metadata import metadata_url
 from skyfed.errors import SkyfedError
-from skyfed.governance.config import Governance
+from skyfed.governance.config import Governance, governed_spec
 from skyfed.spec.models import IcebergStore, PlatformSpec
 
 ICEBERG_CATALOG = "skyfed"  # the name the Iceberg store registers its tables under
@@ -69,6 +69,7 @@ def _iceberg_snapshot(region: str, table: str) -> dict[str, Any] | None:
 
 def show(spec: PlatformSpec, table: str, gov: Governance | None = None) -> dict[str, Any]:
     """Schema, versions, freshness, row counts and quality of canonical table `table`."""
+    spec = governed_spec(spec, gov) if gov is not None else spec
     if table not in spec.contracts:
         raise SkyfedError(f"no contract named {table!r}", f"contracts: {', '.join(spec.contracts)}")
     c = spec.contracts[table]
@@ -125,6 +126,7 @@ _BQ_TYPES = {"string": "STRING", "int32": "INT64", "int64": "INT64", "double": "
 def export_dataplex(spec: PlatformSpec, gov: Governance | None = None, entry_group: str = "skyfed") -> list[dict[str, Any]]:
     """One Dataplex Catalog entry per curated table per region (see docs/governance.md for the mapping)."""
     gov = gov or Governance()
+    spec = governed_spec(spec, gov)
     entries = []
     placed = sorted({(m.source.split(".")[0], m.contract) for m in spec.mappings})
     for region_name, contract_name in placed:

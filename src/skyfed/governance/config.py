@@ -10,6 +10,10 @@ Masks, strongest first: null (the value is NULL), redact (a fixed marker),
 hash (salted sha256: joins and counts still work), partial (only the last 4
 characters of a value of at least 8), clear. A classified column for which a
 role has no rule gets `null`: default deny.
+
+The file also holds the reviewed inventory of classified columns (it may add to the
+spec's classifications, never contradict them), compatibility overrides, and the
+drift mode of each mapping (skyfed.governance.drift).
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from skyfed.errors import SkyfedError
-from skyfed.spec.models import Compatibility
+from skyfed.spec.issues import nearest
+from skyfed.spec.models import Compatibility, Contract, PlatformSpec
 
 ENV_VAR = "SKYFED_GOVERNANCE"
 FILE_NAME = "skyfed.governance.yaml"
 MaskKind = Literal["null", "redact", "hash", "partial", "clear"]
+DriftMode = Literal["evolve", "freeze", "discard_row", "discard_value"]
 STRENGTH: dict[str, int] = {"null": 4, "redact": 4, "hash": 2, "partial": 1, "clear": 0}
 
 
@@ -69,6 +75,24 @@ class Residency(_Model):
         return bool(classification) and any(fnmatch.fnmatchcase(classification or "", p) for p in self.restricted)
 
 
+class DriftModes(_Model):
+    """What to do when a source drifts: for new source columns and for changed source types."""
+
+    columns: DriftMode = Field("evolve", description="new source columns (and removed ones)")
+    types: DriftMode = Field("evolve", description="a source column whose type changed")
+
+
+class DriftSettings(_Model):
+    """Drift modes per mapping (skyfed.governance.drift); a plain mode applies to both kinds of change."""
+
+    default: DriftMode | DriftModes = "evolve"
+    mappings: dict[str, DriftMode | DriftModes] = Field(default_factory=dict, description="mapping name -> mode")
+
+    def modes_for(self, mapping: str) -> DriftModes:
+        chosen = self.mappings.get(mapping, self.default)
+        return chosen if isinstance(chosen, DriftModes) else DriftModes(columns=chosen, types=chosen)
+
+
 class Governance(_Model):
     """The whole governance file."""
 
@@ -76,6 +100,47 @@ class Governance(_Model):
     contracts: dict[str, ContractSettings] = Field(default_factory=dict)
     roles: dict[str, RolePolicy] = Field(default_factory=dict)
     residency: Residency = Field(default_factory=Residency)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    classifications: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="contract -> column -> classification, in addition to the spec's own"
+    )
+
+    def classify(self, contracts: dict[str, Contract]) -> dict[str, Contract]:
+        """The contracts with this file's classifications added; an unknown column or a disagreement is an error.
+
+        The file may only add classifications (a reviewed inventory kept by the
+        governance team): it can never unclassify or reclassify what the spec says.
+        """
+        if not self.classifications:
+            return contracts
+        out = dict(contracts)
+        for cname, cols in self.classifications.items():
+            if cname not in contracts:
+                guess = nearest(cname, contracts)
+                raise SkyfedError(
+                    f"the governance file classifies columns of a contract {cname!r} that the spec does not have"
+                    + (f" (did you mean {guess!r}?)" if guess else ""),
+                    f"contracts of the spec: {', '.join(contracts)}",
+                )
+            contract = contracts[cname]
+            columns = dict(contract.columns)
+            for col, cls in cols.items():
+                if col not in columns:
+                    guess = nearest(col, columns)
+                    raise SkyfedError(
+                        f"the governance file classifies {cname}.{col}, a column the contract does not have"
+                        + (f" (did you mean {guess!r}?)" if guess else ""),
+                        f"columns of {cname}: {', '.join(columns)}",
+                    )
+                own = columns[col].classification
+                if own and own != cls:
+                    raise SkyfedError(
+                        f"the governance file classifies {cname}.{col} as {cls} but the spec says {own}",
+                        "make them agree (change the spec's classification through `skyfed contracts check`)",
+                    )
+                columns[col] = columns[col].model_copy(update={"classification": cls})
+            out[cname] = contract.model_copy(update={"columns": columns})
+        return out
 
     def role(self, name: str) -> RolePolicy:
         if name not in self.roles:
@@ -101,6 +166,22 @@ def governance_path(spec_path: str | os.PathLike[str] | None, explicit: str | No
         return None
     beside = Path(spec_path).parent / FILE_NAME
     return beside if beside.is_file() else None
+
+
+def governed_spec(spec: PlatformSpec, gov: Governance) -> PlatformSpec:
+    """The spec with the governance file's classifications and compatibility overrides applied to its contracts."""
+    overrides = {n: s.compatibility for n, s in gov.contracts.items() if s.compatibility and n in spec.contracts}
+    if not gov.classifications and not overrides:
+        return spec
+    contracts = dict(gov.classify(spec.contracts))
+    for name, mode in overrides.items():
+        contracts[name] = contracts[name].model_copy(update={"compatibility": mode})
+    return spec.model_copy(update={"contracts": contracts})
+
+
+def governance_for(spec_path: str | os.PathLike[str] | None = None) -> Governance:
+    """The governance of a spec: as governance_path finds it, with $SKYFED_SPEC standing in for an unknown spec path."""
+    return load_governance(governance_path(spec_path or os.environ.get("SKYFED_SPEC") or None))
 
 
 def load_governance(path: str | os.PathLike[str] | None) -> Governance:

@@ -4,6 +4,9 @@
 - ingest, after a mapping: `after_ingest(spec, mapping_name, run_id, status, rows_loaded)`
 - query, before planning:  `govern_query(sql, spec, role, spec_path, cross_region)` -> (sql, decisions)
 - query, after a query:    `skyfed.governance.audit.record_query(...)`
+- ingest, drift (skyfed.governance.drift): `drift = check_drift(spec, mapping, info.schema, run_id=run_id)`
+  after table_info, `batch = drift.apply(batch, rejects.append)` per batch, then
+  `result.warnings.update(drift.warnings); result.notes.extend(drift.notes)`
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def govern_query(sql: str, spec: PlatformSpec, role: str, spec_path: str | None 
     """The query with the role's masks, row filters and residency guards; a refusal is audited and re-raised."""
     gov = load_governance(governance_path(spec_path))
     try:
-        rw = apply_policies(sql, role=role, contracts=spec.contracts, gov=gov, cross_region=cross_region)
+        rw = apply_policies(sql, role=role, contracts=gov.classify(spec.contracts), gov=gov, cross_region=cross_region)
     except PolicyRefusal as exc:
         record_query(sql, role=role, status="refused",
                      decisions=[{"policy": exc.policy, "decision": "refused", "detail": exc.message}])

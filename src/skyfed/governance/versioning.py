@@ -19,7 +19,7 @@ from skyfed.catalog import registry
 from skyfed.errors import SkyfedError
 from skyfed.governance.canonical import body_hash, canonical
 from skyfed.governance.compat import OPTIONS, Violation, check_mode, diff, violations
-from skyfed.governance.config import STRENGTH, Governance
+from skyfed.governance.config import STRENGTH, Governance, governed_spec
 from skyfed.spec.models import PlatformSpec
 
 POLICY_NAME = "governance"
@@ -89,6 +89,7 @@ def check_spec(
     accept_weaker_policy: bool = False,
 ) -> CheckReport:
     """Compare every contract of `spec` with its registered history; register compatible ones."""
+    spec = governed_spec(spec, gov)
     reports: list[ContractReport] = []
     findings: list[str] = []
     pending: list[tuple[ContractReport, dict[str, Any]]] = []
