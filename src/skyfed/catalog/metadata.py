@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
-from urllib.parse import urlsplit, urlunsplit
 
 from skyfed.errors import SkyfedError
 from skyfed.home import state_dir

@@ -8,7 +8,7 @@ later audits read the same facts.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -70,4 +70,4 @@ def recent(limit: int = 20, mapping: str | None = None) -> list[dict[str, Any]]:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
