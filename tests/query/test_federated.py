@@ -100,6 +100,34 @@ QUERIES: list[tuple[str, bool]] = [
      "AND dep_time_utc < TIMESTAMPTZ '2024-04-01 00:00:00+00'", False),
     ("SELECT flight_id FROM flight_leg WHERE dep_time_utc >= TIMESTAMP '2024-03-01' AND dep_time_utc < DATE '2024-04-01'", False),
     ("SELECT strftime(dep_time_utc, '%Y-%m') ym, count(*) FROM flight_leg GROUP BY ym", False),
+    # semi-join key shipping (the filtered side's keys filter the other side in its regions)
+    ("SELECT f.flight_id, f.seats, b.booking_id, b.fare_usd FROM flight_leg f JOIN booking b ON b.flight_id = f.flight_id "
+     "WHERE b.cabin = 'business' AND b.fare_usd > 300", False),
+    ("SELECT f.flight_id, c.feedback_id FROM flight_leg f LEFT JOIN customer_feedback c ON c.flight_id = f.flight_id "
+     "WHERE f.seats > 250", False),
+    ("SELECT f.flight_id, c.feedback_id FROM customer_feedback c RIGHT JOIN flight_leg f ON c.flight_id = f.flight_id "
+     "WHERE f.passengers < 60", False),
+    ("SELECT c.survey_scale, count(*) n, avg(f.load_factor) lf FROM customer_feedback c JOIN flight_leg f "
+     "ON f.flight_id = c.flight_id WHERE c.satisfaction_0_100 >= 90 GROUP BY 1", False),
+    ("SELECT f.flight_id FROM flight_leg f SEMI JOIN booking b ON b.flight_id = f.flight_id AND b.fare_usd > 1000", False),
+    ("SELECT b.booking_id FROM booking b ANTI JOIN flight_leg f ON f.flight_id = b.flight_id AND f.seats > 250", False),
+    # broadcast reference tables: joins with them run in every region
+    ("SELECT a.country, t.body, count(*) n, sum(f.passengers) p, avg(f.load_factor) lf FROM flight_leg f "
+     "JOIN airport a ON a.iata = f.arr_airport JOIN aircraft_type t ON t.aircraft_type = f.aircraft_type "
+     "WHERE f.status <> 'cancelled' GROUP BY 1, 2", False),
+    ("SELECT f.region, a.tz, count(DISTINCT f.dep_airport) d, max(f.fuel_kg) m FROM flight_leg f, airport a "
+     "WHERE a.iata = f.dep_airport AND a.iata LIKE 'G%' GROUP BY 1, 2", False),
+    ("SELECT b.cabin, a.country, sum(b.fare_usd) fare FROM booking b JOIN flight_leg f ON f.flight_id = b.flight_id "
+     "AND f.region = b.region JOIN airport a ON a.iata = f.dep_airport GROUP BY 1, 2", False),
+    # co-located per-region join without aggregation (general strategy) and with it (per-region join, merged)
+    ("SELECT f.region, f.dep_airport, avg(c.satisfaction_0_100) s, count(*) n FROM customer_feedback c "
+     "JOIN flight_leg f ON f.flight_id = c.flight_id AND f.region = c.region GROUP BY 1, 2", False),
+    # one BigQuery region: the whole statement runs there
+    ("SELECT f.status, count(*) n, avg(c.satisfaction_0_100) s, sum(f.passengers) p FROM eu.flight_leg f "
+     "JOIN eu.customer_feedback c ON c.flight_id = f.flight_id WHERE f.seats > 100 GROUP BY f.status "
+     "HAVING count(*) > 1 ORDER BY n DESC, f.status", True),
+    ("SELECT flight_id, delay_min FROM eu.flight_leg ORDER BY delay_min, flight_id LIMIT 9", True),
+    ("SELECT flight_id, delay_min FROM eu.flight_leg ORDER BY delay_min DESC, flight_id LIMIT 9 OFFSET 2", True),
 ]
 
 
@@ -223,6 +251,63 @@ def broken_eu(ingested_world):
     spec = ingested_world.spec.model_copy(deep=True)
     spec.regions["eu"].store.endpoint = "http://127.0.0.1:9"  # nothing listens on the discard port
     return connect(spec, timeout=20, cache=False)
+
+
+SEMI = ("SELECT f.flight_id, f.seats, b.booking_id FROM flight_leg f JOIN booking b ON b.flight_id = f.flight_id "
+        "WHERE b.cabin = 'business' AND b.fare_usd > 300")  # fmt: skip
+
+
+def test_semi_join_ships_keys_and_fewer_bytes_than_reduced_inputs(fed, ingested_world, colocated) -> None:
+    result = fed.query(SEMI)
+    rep = result.report
+    (sj,) = rep.semi_joins
+    assert sj["decision"].startswith("shipped") and int(sj["keys"]) > 0, sj
+    assert rep.semi_join_key_bytes > 0 and all(r.semi_join_key_bytes > 0 for r in rep.regions)
+    naive = connect(ingested_world.spec, cache=False, pushdown=False).query(SEMI)
+    assert naive.report.semi_joins == []
+    want = colocated.execute("SELECT count(*) FROM flight_leg").fetchone()[0]
+    flight_rows = sum(r.rows for r in naive.report.regions) - colocated.execute(
+        "SELECT count(*) FROM booking WHERE cabin = 'business' AND fare_usd > 300").fetchone()[0]  # fmt: skip
+    assert flight_rows == want  # without key shipping every flight row crosses
+    assert rep.bytes_shipped + rep.semi_join_key_bytes < naive.report.bytes_shipped
+    assert_same(result.arrow(), naive.arrow(), False, SEMI)
+    plan = fed.explain(SEMI)
+    assert any(f["semi_join"] for f in plan["fragments"])
+
+
+def test_cli_report_says_what_crossed_for_a_semi_join(ingested_world, run_cli) -> None:
+    res = run_cli("query", SEMI, "--spec", str(EXAMPLE), "--format", "csv", "--report", "--no-cache")
+    assert res.code == 0, res.stderr
+    assert "semi-join" in res.stderr and "shipped" in res.stderr and "B of join keys" in res.stderr, res.stderr
+    res = run_cli("query", SEMI, "--spec", str(EXAMPLE), "--explain", "--json")
+    frags = json.loads(res.stdout)["fragments"]
+    assert [f["semi_join"]["column"] for f in frags if f["semi_join"]] == ["flight_id"]
+
+
+def test_broadcast_join_runs_in_every_region(fed, ingested_world) -> None:
+    from skyfed.ingest.stores.bigquery import _client
+
+    sql = "SELECT a.country, count(*) n FROM flight_leg f JOIN airport a ON a.iata = f.dep_airport GROUP BY 1"
+    first = fed.query(sql)
+    assert first.report.strategy == "partial_aggregate"
+    assert {r.region for r in first.report.regions} == {"latam", "eu", "na"}
+    assert all(r.broadcast_bytes > 0 for r in first.report.regions if r.engine == "duckdb")
+    store = ingested_world.spec.regions["eu"].store
+    names = [t.table_id for t in _client(store).list_tables(f"{store.project}.{store.dataset}")]
+    assert any(n.startswith("_skyfed_ref_airport_") for n in names), names
+    again = fed.query(sql)  # the BigQuery copy of this file version is reused
+    assert next(r for r in again.report.regions if r.region == "eu").broadcast_bytes == 0
+    # only the answer's groups cross: at most one row per country per region
+    assert first.report.rows_shipped <= 3 * first.arrow().num_rows
+
+
+def test_single_region_bigquery_query_runs_as_one_job(fed) -> None:
+    sql = "SELECT status, count(*) n, avg(delay_min) d FROM eu.flight_leg WHERE seats > 100 GROUP BY status ORDER BY status"
+    result = fed.query(sql)
+    rep = result.report
+    assert rep.strategy == "single_region"
+    assert [(r.region, r.engine) for r in rep.regions] == [("eu", "bigquery")]
+    assert rep.rows_shipped == result.arrow().num_rows
 
 
 def test_unreachable_region_is_named(broken_eu) -> None:

@@ -127,6 +127,12 @@ def _render_report(rep: dict[str, Any]) -> None:
         err.print(f"  result cache: {cache['status']}{why}", highlight=False)
     for region, why in rep["pruned"].items():
         err.print(f"  {region}: not read ({why})", highlight=False)
+    for sj in rep.get("semi_joins") or []:
+        err.print(f"  semi-join {sj['fragment']}.{sj['column']} <- {sj['build']}.{sj['build_column']}: "
+                  f"{sj.get('decision', 'not run')}", highlight=False)  # fmt: skip
+    if rep.get("semi_join_key_bytes") or rep.get("broadcast_bytes"):
+        err.print(f"  into regions: {rep.get('semi_join_key_bytes', 0):,} B of join keys, "
+                  f"{rep.get('broadcast_bytes', 0):,} B of broadcast reference tables", highlight=False)  # fmt: skip
     err.print(
         f"  plan {rep['plan_ms']:.1f} ms, merge {rep['merge_seconds']:.3f} s, total {rep['total_seconds']:.3f} s; "
         f"shipped {rep['rows_shipped']:,} rows / {rep['bytes_shipped']:,} bytes; est. egress ${rep['egress_usd']:.8f}",

@@ -3,8 +3,8 @@
 - a canonical table (`flight_leg`) is the union of that contract's table in every
   region that has a mapping onto it;
 - `region.table` (`eu.flight_leg`) is one region's table;
-- a reference table (`airport`) is the spec's small Parquet file, read at the
-  coordinator (phase 1: joins with it run at the coordinator).
+- a reference table (`airport`) is the spec's Parquet file; when small (broadcast.py) it is
+  copied into every region so joins with it run there, else read at the coordinator.
 
 - a live source table (`latam.ops.voos`, region.source.table) is read in its region at
   query time; Federation.plan resolves its columns through the source's connector and
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlglot import exp
 
@@ -101,6 +102,8 @@ class Catalog:
     regions: dict[str, RegionTarget]
     duckdb_types: dict[str, dict[str, str]] = field(default_factory=dict)  # table -> column -> DuckDB type
     live: dict[str, LiveTable] = field(default_factory=dict)  # internal name (region__source__table) -> live table
+    # reference tables small enough to copy to every region (broadcast.py); set by Federation.plan
+    broadcast: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_spec(cls, spec: PlatformSpec) -> Catalog:

@@ -37,6 +37,10 @@ from skyfed.query.planner import Fragment, Plan, plan_query
 from skyfed.spec import PlatformSpec, load_spec
 
 DEFAULT_TIMEOUT = float(os.environ.get("SKYFED_QUERY_TIMEOUT", "300"))
+# semi-join key shipping: at most this many distinct keys are shipped (else the reduced rows cross instead);
+# BigQuery regions get them inline in the SQL text, at most SEMI_JOIN_MAX_INLINE (query text is capped at 1 MB)
+SEMI_JOIN_MAX_KEYS = int(os.environ.get("SKYFED_SEMI_JOIN_MAX_KEYS", "200000"))
+SEMI_JOIN_MAX_INLINE = 20_000
 GB = 1e9
 
 
@@ -51,6 +55,8 @@ class RegionReport:
     bytes_scanned: int | None = None
     egress_usd: float | None = None
     fragments: int = 0
+    broadcast_bytes: int = 0  # reference-table bytes copied into the region (into it, not out of it)
+    semi_join_key_bytes: int = 0  # join keys shipped into the region to filter a table there
     error: str | None = None
     snapshots: dict[str, Any] = field(default_factory=dict)
 
@@ -72,6 +78,10 @@ class QueryReport:
     missing: list[dict[str, str]] = field(default_factory=list)
     # status: hit | miss (computed, stored) | not_stored | not_cacheable | off; on a hit: age_seconds
     cache: dict[str, Any] = field(default_factory=lambda: {"status": "off"})
+    # semi-join key shipping per probe fragment: build fragment, columns, keys, decision (shipped or why not)
+    semi_joins: list[dict[str, Any]] = field(default_factory=list)
+    broadcast_bytes: int = 0  # reference-table bytes copied into regions
+    semi_join_key_bytes: int = 0  # join keys shipped into regions
 
     @property
     def from_cache(self) -> bool:
@@ -118,8 +128,11 @@ class Federation:
 
     def __init__(self, spec: PlatformSpec, *, coordinator: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  cache: bool = True, cache_ttl: float = DEFAULT_TTL, cache_dir: str | os.PathLike[str] | None = None,
-                 clock: Any = time.time):  # fmt: skip
+                 clock: Any = time.time, pushdown: bool = True):  # fmt: skip
         self.spec = spec
+        # pushdown=False: only the general strategy (every needed row crosses to the
+        # coordinator): the "naive federation" baseline of bench/bench_query.py
+        self.pushdown = pushdown
         # the result cache (cache.py); off with cache=False or a TTL <= 0
         self.cache = ResultCache(cache_dir, ttl=cache_ttl, clock=clock) if cache and cache_ttl > 0 else None
         self.catalog = Catalog.from_spec(spec)
@@ -131,8 +144,12 @@ class Federation:
     # ----------------------------------------------------------------- planning
 
     def plan(self, sql: str) -> Plan:
+        from skyfed.query.broadcast import broadcastable
+
         self._resolve_live(sql)
-        return plan_query(sql, self.catalog)
+        # which reference tables are small enough to copy to every region (their Parquet footers)
+        self.catalog.broadcast = broadcastable(self.catalog.reference_paths) if self.pushdown else {}
+        return plan_query(sql, self.catalog, pushdown=self.pushdown)
 
     def _resolve_live(self, sql: str) -> None:
         """Add the live source tables (`region.source.table`) the SQL names to the catalog (their
@@ -169,10 +186,12 @@ class Federation:
                     "pushed_filters": f.pushed_filters,
                     "regions": [
                         {"region": rq.region, "engine": rq.engine, "sql": rq.sql,
-                         "egress_usd_per_gb": self._price(rq.region)}  # fmt: skip
+                         "egress_usd_per_gb": self._price(rq.region), "broadcast_in": rq.broadcast,
+                         **({"file_reads": rq.file_reads} if rq.file_reads else {})}  # fmt: skip
                         for rq in f.regions
                     ],
                     "pruned": f.pruned,
+                    "semi_join": f.semi_join,
                     "notes": f.notes,
                 }
                 for f in plan.fragments
@@ -314,6 +333,9 @@ class Federation:
             partial=bool(failed),
             missing=missing,
             cache=cache_info,
+            semi_joins=[{"fragment": f.name, **f.semi_join} for f in plan.fragments if f.semi_join is not None],
+            broadcast_bytes=sum(r.broadcast_bytes for r in region_reports),
+            semi_join_key_bytes=sum(r.semi_join_key_bytes for r in region_reports),
         )
         if key is not None and versions is not None:
             if failed:
@@ -410,7 +432,13 @@ class Federation:
             con.execute(f'CREATE TABLE "{name}" ({cols})')
         for name, contract in self.catalog.reference.items():
             path = Path(self.catalog.reference_paths[name])
-            if path.exists():
+            if name not in plan.reference_tables:  # not read by this query: its shape is enough to bind
+                con.register(name, contract_schema(contract).empty_table())
+            elif name in self.catalog.broadcast:  # read once per process and file version
+                from skyfed.query.broadcast import arrow_of
+
+                con.register(name, arrow_of(self.catalog.broadcast[name]))
+            elif path.exists():
                 con.register(name, pq.read_table(path))
             else:
                 con.register(name, contract_schema(contract).empty_table())
@@ -421,21 +449,67 @@ class Federation:
                     )
 
     def _run_regions(self, plan: Plan, timeout: float) -> tuple[dict[tuple[str, str], RegionRun], dict[str, RegionReport]]:
-        tasks: list[tuple[Fragment, Any, Any]] = []
+        """Every fragment in every region, in parallel; fragments that wait for semi-join keys run second."""
         reports: dict[str, RegionReport] = {}
-        for frag in plan.fragments:
+        runs: dict[tuple[str, str], RegionRun] = {}
+        deadline = time.perf_counter() + timeout
+        first = [f for f in plan.fragments if f.semi_join is None]
+        second = [f for f in plan.fragments if f.semi_join is not None]
+        self._run_fragments(first, {}, runs, reports, deadline, timeout)
+        if second:
+            keys = {f.name: self._semi_keys(plan, f, runs) for f in second}
+            self._run_fragments(second, keys, runs, reports, deadline, timeout)
+        for rep in reports.values():
+            rep.seconds = round(rep.seconds, 4)
+            rep.egress_usd = rep.bytes / GB * self._price(rep.region)
+        return runs, reports
+
+    def _semi_keys(self, plan: Plan, frag: Fragment, runs: dict[tuple[str, str], RegionRun]) -> pa.Array | None:
+        """The build fragment's distinct non-null join keys, or None (and why, in frag.semi_join) if not shipped."""
+        import pyarrow.compute as pc
+
+        sj = frag.semi_join
+        assert sj is not None
+        build = next(f for f in plan.fragments if f.name == sj["build"])
+        parts = []
+        for rq in build.regions:
+            run = runs.get((build.name, rq.region))
+            if run is None:
+                sj["decision"] = f"not shipped: region {rq.region} of {build.name} has no answer"
+                return None
+            parts.append(run.table.column(sj["build_column"]).combine_chunks())
+        if not parts:
+            sj["decision"] = "shipped: the build side is empty"
+            return pa.array([], pa.string())
+        keys = pc.unique(pa.chunked_array(parts).combine_chunks()).drop_null()
+        sj["keys"] = str(len(keys))
+        if len(keys) > SEMI_JOIN_MAX_KEYS:
+            sj["decision"] = f"not shipped: {len(keys)} keys > {SEMI_JOIN_MAX_KEYS} (the reduced rows are shipped instead)"
+            return None
+        sj["decision"] = f"shipped {len(keys)} keys"
+        return keys
+
+    def _run_fragments(self, frags: list[Fragment], keys: dict[str, Any], runs: dict[tuple[str, str], RegionRun],
+                       reports: dict[str, RegionReport], deadline: float, timeout: float) -> None:  # fmt: skip
+        tasks: list[tuple[Fragment, Any, Any, str, int]] = []
+        for frag in frags:
             for rq in frag.regions:
                 reports.setdefault(rq.region, RegionReport(rq.region, rq.engine, "ok"))
-                tasks.append((frag, rq, executor_for(rq.region, self.spec.regions[rq.region], rq.engine, self.spec,
-                                                     self.catalog.live)))  # fmt: skip
-        runs: dict[tuple[str, str], RegionRun] = {}
+                ex = executor_for(rq.region, self.spec.regions[rq.region], rq.engine, self.spec, self.catalog.live)
+                ex.broadcast = {n: (self.catalog.broadcast[n], self.catalog.reference[n]) for n in rq.broadcast}  # type: ignore[attr-defined]
+                ex.file_reads = rq.file_reads  # type: ignore[attr-defined]
+                sql, key_bytes = rq.sql, 0
+                frag_keys = keys.get(frag.name)
+                if frag_keys is not None and frag.semi_join is not None:
+                    sql, key_bytes = _with_keys(ex, rq, frag, frag_keys)
+                tasks.append((frag, rq, ex, sql, key_bytes))
         if not tasks:
-            return runs, reports
+            return
         pool = cf.ThreadPoolExecutor(max_workers=min(16, len(tasks)), thread_name_prefix="skyfed-region")
         try:
-            futures = {pool.submit(ex.run, rq.sql, rq.tables, timeout): (frag, rq, ex) for frag, rq, ex in tasks}
-            deadline = time.perf_counter() + timeout
-            for fut, (frag, rq, ex) in futures.items():
+            futures = {pool.submit(ex.run, sql, rq.tables, max(0.1, deadline - time.perf_counter())): (frag, rq, ex, kb)
+                       for frag, rq, ex, sql, kb in tasks}  # fmt: skip
+            for fut, (frag, rq, ex, key_bytes) in futures.items():
                 rep = reports[rq.region]
                 try:
                     run = fut.result(timeout=max(0.0, deadline - time.perf_counter()))
@@ -452,16 +526,14 @@ class Federation:
                 rep.fragments += 1
                 rep.rows += run.table.num_rows
                 rep.bytes += run.table.nbytes
+                rep.broadcast_bytes += run.broadcast_bytes
+                rep.semi_join_key_bytes += key_bytes
                 rep.seconds = max(rep.seconds, run.seconds)
                 if run.bytes_scanned is not None:
                     rep.bytes_scanned = (rep.bytes_scanned or 0) + run.bytes_scanned
                 rep.snapshots.update(run.snapshots)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-        for rep in reports.values():
-            rep.seconds = round(rep.seconds, 4)
-            rep.egress_usd = rep.bytes / GB * self._price(rep.region)
-        return runs, reports
 
     def _load_fragment(self, con: Any, frag: Fragment, types: list[tuple], runs: dict[tuple[str, str], RegionRun]) -> None:
         """Create the fragment's relation: every region's rows cast to the types DuckDB gives the fragment SQL."""
@@ -480,6 +552,34 @@ class Federation:
             parts.append(f'SELECT {cols} FROM "{rel}"')
         body = " UNION ALL ".join(parts) if parts else frag.duckdb_sql
         con.execute(f'CREATE VIEW "{frag.name}" AS {body}')
+
+
+def _with_keys(ex: Any, rq: Any, frag: Fragment, keys: pa.Array) -> tuple[str, int]:
+    """The region's fragment SQL filtered to the shipped keys, and the bytes of keys it carries.
+
+    DuckDB regions get the keys as an Arrow relation (`IN (SELECT k ...)`, a hash semi-join);
+    BigQuery regions as a literal list (at most SEMI_JOIN_MAX_INLINE keys; more: unfiltered).
+    """
+    from sqlglot import exp
+
+    sj = frag.semi_join
+    assert sj is not None
+    col = sj["column"]
+    if rq.engine == "bigquery":
+        if len(keys) > SEMI_JOIN_MAX_INLINE:
+            return rq.sql, 0
+        if pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type):
+            items = [exp.Literal.string(v) for v in keys.to_pylist()]
+        elif pa.types.is_date(keys.type):
+            items = [exp.cast(exp.Literal.string(str(v)), "DATE") for v in keys.to_pylist()]
+        else:
+            items = [exp.Literal.number(v) for v in keys.to_pylist()]
+        in_list = exp.In(this=exp.column(col), expressions=items).sql("bigquery") if items else "FALSE"
+        return f"SELECT * FROM ({rq.sql}) AS _sf_s WHERE {in_list}", len(in_list)
+    name = f"_sf_keys_{frag.name}"
+    table = pa.table({"k": keys})
+    ex.keys = {name: table}
+    return f'SELECT * FROM ({rq.sql}) AS _sf_s WHERE "{col}" IN (SELECT k FROM "{name}")', table.nbytes
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -504,7 +604,8 @@ def _first_line(exc: BaseException) -> str:
 
 def connect(spec_or_path: PlatformSpec | str | os.PathLike[str] | None = None, *, coordinator: str | None = None,
             timeout: float = DEFAULT_TIMEOUT, cache: bool = True, cache_ttl: float = DEFAULT_TTL,
-            cache_dir: str | os.PathLike[str] | None = None, clock: Any = time.time) -> Federation:  # fmt: skip
+            cache_dir: str | os.PathLike[str] | None = None, clock: Any = time.time,
+            pushdown: bool = True) -> Federation:  # fmt: skip
     """A Federation for a spec object, a spec path, or None ($SKYFED_SPEC, else ./skyfed.yaml).
 
     `cache` / `cache_ttl` (seconds) control the result cache under state_dir()/cache/query;
@@ -512,4 +613,4 @@ def connect(spec_or_path: PlatformSpec | str | os.PathLike[str] | None = None, *
     """
     spec = spec_or_path if isinstance(spec_or_path, PlatformSpec) else load_spec(spec_or_path)
     return Federation(spec, coordinator=coordinator, timeout=timeout, cache=cache, cache_ttl=cache_ttl,
-                      cache_dir=cache_dir, clock=clock)  # fmt: skip
+                      cache_dir=cache_dir, clock=clock, pushdown=pushdown)  # fmt: skip

@@ -35,6 +35,7 @@ class RegionRun:
     seconds: float
     bytes_scanned: int | None = None
     snapshots: dict[str, Any] = field(default_factory=dict)  # table -> snapshot id read
+    broadcast_bytes: int = 0  # reference-table bytes copied into the region for this run
 
 
 class RegionExecutor(Protocol):
@@ -60,7 +61,7 @@ def _shared_duckdb() -> tuple[Any, threading.Lock]:
     """One DuckDB database per process with iceberg loaded (LOAD takes ~0.4 s, so it is done once)."""
     with _SHARED_LOCK:
         if "db" not in _SHARED:
-            con = duck.connect(["iceberg"])
+            con = duck.connect(["avro", "iceberg"])  # iceberg needs avro installed (it would autoinstall it)
             duckdb_session(con)
             _SHARED["db"] = con
         return _SHARED["db"], _SHARED_LOCK
@@ -105,6 +106,9 @@ class DuckDBIcebergExecutor:
         self.store_spec = store
         self.spec = spec
         self.live = live or {}
+        self.broadcast: dict[str, Any] = {}  # reference name -> (BroadcastTable, contract), set per run
+        self.keys: dict[str, pa.Table] = {}  # semi-join keys shipped into the region: relation name -> keys
+        self.file_reads: dict[str, Any] = {}  # live files table -> pushed columns and filters (RegionQuery.file_reads)
         self._con: Any = None
 
     def run(self, sql: str, tables: list[str], timeout: float) -> RegionRun:
@@ -130,9 +134,18 @@ class DuckDBIcebergExecutor:
                 con.close()
 
     def _run(self, con: Any, store: Any, sql: str, tables: list[str], started: float) -> RegionRun:
+        from skyfed.query.broadcast import arrow_of
+
         duckdb_session(con)
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.region}"')
         snapshots: dict[str, Any] = {}
+        sent = 0
+        for info, _contract in self.broadcast.values():  # the reference copies this query joins with
+            data = arrow_of(info)
+            con.register(info.duckdb_name, data)
+            sent += data.nbytes
+        for name, keys in self.keys.items():
+            con.register(name, keys)
         for name in tables:
             live = self.live.get(name)
             if live is not None:
@@ -140,7 +153,8 @@ class DuckDBIcebergExecutor:
                 if live.kind == "gcs":
                     from skyfed.query.live import read_files_table
 
-                    data, _skipped = read_files_table(self.spec, live)
+                    read = self.file_reads.get(name) or {}
+                    data, _skipped = read_files_table(self.spec, live, read.get("columns"), read.get("filters"))
                     con.register(live.name, data)
                 continue
             table = store._table(name)
@@ -156,7 +170,7 @@ class DuckDBIcebergExecutor:
                     f"CREATE OR REPLACE VIEW \"{self.region}\".\"{name}\" AS SELECT * FROM iceberg_scan('{location}')"
                 )
         result = con.execute(sql).to_arrow_table()
-        return RegionRun(result, time.perf_counter() - started, None, snapshots)
+        return RegionRun(result, time.perf_counter() - started, None, snapshots, sent)
 
     def cancel(self) -> None:
         con = self._con
@@ -177,6 +191,7 @@ class BigQueryExecutor:
         self.store_spec = store
         self.spec = spec
         self.live = live or {}
+        self.broadcast: dict[str, Any] = {}  # reference name -> (BroadcastTable, contract), set per run
         self._job: Any = None
 
     def run(self, sql: str, tables: list[str], timeout: float) -> RegionRun:
@@ -197,6 +212,12 @@ class BigQueryExecutor:
         if target is None:
             raise SkyfedError(f"region {self.region}: no BigQuery dataset to run this part in")
         client = _client(target)
+        sent = 0
+        if self.broadcast:
+            from skyfed.query.broadcast import ensure_bigquery_copy
+
+            for info, contract in self.broadcast.values():
+                sent += ensure_bigquery_copy(client, target.project, target.dataset, target.location, info, contract)
         retry = Retry(deadline=max(1.0, min(timeout, 60.0)))
         config = bigquery.QueryJobConfig(use_legacy_sql=False)
         job = client.query(sql, job_config=config, location=target.location, retry=retry,
@@ -205,7 +226,7 @@ class BigQueryExecutor:
         rows = job.result(timeout=timeout, retry=retry)
         table = rows.to_arrow(create_bqstorage_client=False)
         scanned = getattr(job, "total_bytes_processed", None)
-        return RegionRun(table, time.perf_counter() - started, scanned, {t: "live" for t in tables if t in self.live})
+        return RegionRun(table, time.perf_counter() - started, scanned, {t: "live" for t in tables if t in self.live}, sent)
 
     def cancel(self) -> None:
         job = self._job

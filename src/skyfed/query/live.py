@@ -7,7 +7,10 @@
   location (the same BigQuery executor as a BigQuery store).
 - Files (gcs sources): the files connector reads the table (same parsing and union by
   column name as ingestion; records it cannot parse are skipped and counted) into Arrow,
-  which the region's DuckDB queries. No projection/filter pushdown into the files yet.
+  which the region's DuckDB queries. The planner pushes down the referenced columns and
+  the conjuncts that filter the table's rows: objects whose hive partition values
+  (`dt=2024-03-01/`) fail a conjunct on partition columns are not read at all; the
+  connector reads only the needed columns and filters the rest.
 
 A live table has no snapshot id, so answers over live tables are not cached.
 """
@@ -104,13 +107,30 @@ def postgres_dsn(spec: PlatformSpec, live: LiveTable) -> str:
     return PostgresConnector(_source(spec, live.region, live.source))._conninfo()
 
 
-def read_files_table(spec: PlatformSpec, live: LiveTable) -> tuple[pa.Table, int]:
-    """A files table as Arrow through the files connector, and how many records could not be parsed."""
+def read_files_table(spec: PlatformSpec, live: LiveTable, columns: list[str] | None = None,
+                     filters: list[str] | None = None) -> tuple[pa.Table, int]:  # fmt: skip
+    """A files table as Arrow through the files connector, and how many records could not be parsed.
+
+    `columns` (projection) and `filters` (DuckDB conjuncts over unqualified columns) are pushed
+    down: objects whose hive partition values fail the conjuncts that mention only partition
+    columns are skipped; the connector reads only `columns` (plus what the filters need) and
+    applies the filters to every batch.
+    """
     conn = _connector(spec, live.region, live.source)
     skipped: list[Any] = []
     try:
-        request = ReadRequest(live.table)
+        wanted = None
+        if columns is not None:
+            import sqlglot
+            from sqlglot import exp
+
+            used = {c.name for f in filters or [] for c in sqlglot.parse_one(f, read="duckdb").find_all(exp.Column)}
+            wanted = tuple(c for c in live.columns if c in set(columns) | used)
+        request = ReadRequest(live.table, columns=wanted, filter=" AND ".join(f"({f})" for f in filters) if filters else None)
         upto = conn.position(request)
+        table_spec = _source(spec, live.region, live.source).tables.get(live.table)
+        if filters and table_spec is not None and table_spec.hive_partitioning:
+            upto = prune_partitions(upto, filters)
         batches = list(conn.read(request, upto, rejects=skipped.append))
     finally:
         close = getattr(conn, "close", None)
@@ -122,6 +142,37 @@ def read_files_table(spec: PlatformSpec, live: LiveTable) -> tuple[pa.Table, int
         table = pa.schema([pa.field(c, pa.string()) for c in live.columns]).empty_table()
     keep = [c for c in table.column_names if c not in _PROVENANCE]
     return table.select(keep), len(skipped)
+
+
+def prune_partitions(upto: Any, filters: list[str]) -> Any:
+    """Keep the objects whose hive partition values (`key=value/` path parts) pass the conjuncts
+    that mention only partition columns (evaluated by DuckDB over one row per object)."""
+    import re
+
+    import sqlglot
+    from sqlglot import exp
+
+    from skyfed.connectors.base import ReadPosition
+
+    keys = list(upto.objects)
+    parts = [dict(re.findall(r"([^/=]+)=([^/]*)/", k)) for k in keys]
+    names = sorted({n for p in parts for n in p})
+    usable = [f for f in filters
+              if {c.name for c in sqlglot.parse_one(f, read="duckdb").find_all(exp.Column)} <= set(names)]  # fmt: skip
+    if not keys or not usable:
+        return upto
+    table = pa.table({"_sf_i": list(range(len(keys))), **{n: [p.get(n) for p in parts] for n in names}})
+    con = duck.connect([])
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("_sf_parts", table)
+        try:
+            kept = {r[0] for r in con.execute(f"SELECT _sf_i FROM _sf_parts WHERE {' AND '.join(usable)}").fetchall()}
+        except Exception:  # noqa: BLE001 - a conjunct DuckDB cannot evaluate on the strings: read every object
+            return upto
+    finally:
+        con.close()
+    return ReadPosition(objects={k: upto.objects[k] for i, k in enumerate(keys) if i in kept})
 
 
 def live_source_spec(spec: PlatformSpec, live: LiveTable) -> Any:

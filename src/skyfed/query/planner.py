@@ -5,8 +5,11 @@ Pure (sqlglot only, no I/O). The user's SQL is DuckDB SQL over the catalog's nam
 region's executor dialect) and the coordinator SQL (DuckDB) that runs over the
 fragments' unioned results. Strategies, chosen per query:
 
+- `single_region`: every table is in one region and read by one engine there (DuckDB with
+  a live table; BigQuery when the whole statement is BigQuery-safe): it runs there whole.
 - `partial_aggregate`: one canonical table (or an inner join of canonical tables on
-  equal `region` columns, which is co-located) with GROUP BY and decomposable
+  equal `region` columns, which is co-located, plus small reference tables broadcast to
+  every region) with GROUP BY and decomposable
   aggregates. Regions compute partial aggregates per group; the coordinator merges
   them (sum of sums and counts, min of mins, avg = sum/count, count(DISTINCT x) by
   shipping the distinct (group, x) pairs) and evaluates HAVING, ORDER BY and LIMIT.
@@ -15,7 +18,8 @@ fragments' unioned results. Strategies, chosen per query:
 - `scan` (general fallback, always correct): each canonical table reference becomes a
   fragment that ships only the referenced columns and the rows passing the WHERE / ON
   conjuncts that mention only that table; the coordinator runs the original query
-  over the union of those reduced rows.
+  over the union of those reduced rows. A join of a filtered fragment with an unfiltered
+  one ships the filtered side's distinct keys to the other side's regions (semi-join).
 
 Region pruning applies to all three: a top-level conjunct `region = 'eu'` or
 `region IN (...)` on a table whose rows in every region carry that region's name
@@ -60,6 +64,10 @@ class RegionQuery:
     engine: str  # duckdb | bigquery
     sql: str  # in the engine's dialect
     tables: list[str]  # canonical tables read in that region
+    broadcast: list[str] = field(default_factory=list)  # reference tables copied into the region for this query
+    # live files tables: what the region reads of them ({table: {"columns": [...], "filters": [...]}}):
+    # only these columns, only objects whose hive partition values pass, only rows passing the filters
+    file_reads: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,6 +83,11 @@ class Fragment:
     pruned: dict[str, str] = field(default_factory=dict)  # region -> why it is not read
     pushed_filters: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # semi-join key shipping: {"build": fragment name, "build_column": its column, "column": this fragment's
+    # column}: after the build fragment ran, its distinct keys go to this fragment's regions, which return only
+    # rows whose `column` is among them (engine.py decides at run time whether the keys are few enough)
+    semi_join: dict[str, str] | None = None
+    reduced: bool = False  # a pushed filter (other than a region pick) drops rows of the table
 
 
 @dataclass
@@ -103,8 +116,13 @@ class Plan:
 # --------------------------------------------------------------------------- entry point
 
 
-def plan_query(sql: str, catalog: Catalog) -> Plan:
-    """Plan `sql` (DuckDB dialect) over `catalog`; raises SkyfedError for refused or invalid queries."""
+def plan_query(sql: str, catalog: Catalog, pushdown: bool = True) -> Plan:
+    """Plan `sql` (DuckDB dialect) over `catalog`; raises SkyfedError for refused or invalid queries.
+
+    `pushdown=False` plans only the general strategy (each region ships every needed row:
+    referenced columns, rows passing the pushed filters; the coordinator computes the rest):
+    the naive-federation baseline of the benchmark.
+    """
     started = time.perf_counter()
     tree = check_read_only(sql)
     tree = _resolve_names(tree, catalog)
@@ -119,8 +137,15 @@ def plan_query(sql: str, catalog: Catalog) -> Plan:
         raise SkyfedError(f"cannot resolve the query: {exc}", _names_hint(catalog)) from None
     scopes = traverse_scope(tree)
     _check_tables(scopes, catalog)
-    planner = _Planner(catalog, tree, scopes)
-    plan = planner.single_region() or planner.partial_aggregate() or planner.top_n() or planner.scan()
+    planner = _Planner(catalog, tree, scopes, pushdown)
+    reads = planner.file_reads()  # before a strategy rewrites the tree
+    if pushdown:
+        plan = planner.single_region() or planner.partial_aggregate() or planner.top_n() or planner.scan()
+    else:
+        plan = planner.scan()
+    for frag in plan.fragments:
+        for rq in frag.regions:
+            rq.file_reads = {t: reads[t] for t in rq.tables if t in reads}
     plan.sql = sql
     plan.bind_sql = bind_sql
     plan.plan_seconds = time.perf_counter() - started
@@ -224,6 +249,11 @@ _BQ_NODES = (
     exp.TimestampTrunc, exp.Var, exp.Lower, exp.Upper, exp.Count, exp.Sum, exp.Min, exp.Max, exp.Star,
     exp.Distinct, exp.Ordered, exp.Tuple,
 )  # fmt: skip
+# a whole statement run by BigQuery (single_region) may also use these
+_BQ_STATEMENT_NODES = (
+    exp.Select, exp.From, exp.Where, exp.Group, exp.Having, exp.Order, exp.Limit, exp.Offset, exp.Alias,
+    exp.TableAlias, exp.Table, exp.Join, exp.Avg,
+)  # fmt: skip
 _BQ_CAST_TYPES = {"VARCHAR", "TEXT", "BIGINT", "INT", "DOUBLE", "DATE", "TIMESTAMPTZ", "BOOLEAN"}
 _BQ_TRUNC_UNITS = {"YEAR", "QUARTER", "MONTH", "DAY", "HOUR"}
 _FAMILY = {"VARCHAR": "str", "INTEGER": "num", "BIGINT": "num", "DOUBLE": "num", "BOOLEAN": "bool",
@@ -231,7 +261,8 @@ _FAMILY = {"VARCHAR": "str", "INTEGER": "num", "BIGINT": "num", "DOUBLE": "num",
 
 
 class _Planner:
-    def __init__(self, catalog: Catalog, tree: exp.Expression, scopes: list[Scope]):
+    def __init__(self, catalog: Catalog, tree: exp.Expression, scopes: list[Scope], pushdown: bool = True):
+        self.pushdown = pushdown
         self.catalog = catalog
         self.tree = tree
         self.scopes = scopes
@@ -308,10 +339,10 @@ class _Planner:
                 out[(alias, col)] = typ
         return out
 
-    def _bq_safe(self, node: exp.Expression, aliases: dict[str, str]) -> bool:
+    def _bq_safe(self, node: exp.Expression, aliases: dict[str, str], extra: tuple[type, ...] = ()) -> bool:
         types = self._types_of(aliases)
         for n in node.walk():
-            if not isinstance(n, _BQ_NODES):
+            if not isinstance(n, _BQ_NODES) and not isinstance(n, extra):
                 return False
             if isinstance(n, exp.Cast):
                 to = n.to.sql("duckdb").upper()
@@ -359,6 +390,10 @@ class _Planner:
             return "str"
         if isinstance(node, exp.Coalesce):
             return self._family(node.this, types)
+        if isinstance(node, (exp.Count, exp.Sum, exp.Avg)):
+            return "num"
+        if isinstance(node, (exp.Min, exp.Max)):
+            return self._family(node.this, types)
         return "?"
 
     def _engine_ok(self, regions: list[str], nodes: list[exp.Expression], aliases: dict[str, str]) -> bool:
@@ -377,47 +412,84 @@ class _Planner:
             copy = select.copy()
             engines = {self.catalog.engine_of(r, t) for t in tables}
             engine = engines.pop() if len(engines) == 1 else target.engine
+            broadcast: set[str] = set()
             for t in list(copy.find_all(exp.Table)):
                 hit = self._canonical(t)
                 if hit is not None:
                     t.replace(target.table_ref(hit[1], t.alias_or_name, self.catalog.live.get(hit[1])))
+                elif self._broadcast_source(t):
+                    broadcast.add(t.name)
+                    t.replace(self._broadcast_ref(target, engine, t))
             dialect = "bigquery" if engine == BIGQUERY else "duckdb"
-            out.append(RegionQuery(r, engine, copy.sql(dialect), sorted(set(tables))))
+            out.append(RegionQuery(r, engine, copy.sql(dialect), sorted(set(tables)), sorted(broadcast)))
         return out
+
+    def _broadcast_ref(self, target: RegionTarget, engine: str, t: exp.Table) -> exp.Table:
+        """A reference table's copy in the region: a BigQuery table in its dataset, or a DuckDB relation."""
+        info = self.catalog.broadcast[t.name]
+        alias = t.alias_or_name
+        if engine == BIGQUERY:
+            node = exp.Table(this=exp.to_identifier(info.bigquery_table), db=exp.to_identifier(target.dataset),
+                             catalog=exp.to_identifier(target.project, quoted=True))  # fmt: skip
+        else:
+            node = exp.Table(this=exp.to_identifier(info.duckdb_name))
+        node.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+        return node
 
     # ----------------------------------------------------------------- single-block queries
 
     def _block(self) -> tuple[exp.Select, dict[str, str], list[tuple[str | None, str]]] | None:
-        """The query as one SELECT over canonical tables only, inner-joined on equal region columns."""
+        """The query as one SELECT over canonical tables inner-joined on equal region columns, plus
+        broadcast reference tables inner-joined on anything (each region holds a full copy)."""
         tree = self.tree
         if not isinstance(tree, exp.Select) or tree.args.get("with") or len(self.scopes) != 1:
             return None
         scope = self.scopes[0]
-        if not scope.sources or any(not self._canonical(s) for s in scope.sources.values()):
+        if not scope.sources:
             return None
         if tree.find(exp.Window) or _is_volatile(tree) or tree.args.get("qualify"):
             return None
         aliases: dict[str, str] = {}
         tables: list[tuple[str | None, str]] = []
+        refs: set[str] = set()
         for alias, source in scope.sources.items():
             hit = self._canonical(source)
-            assert hit is not None
+            if hit is None:
+                if self._broadcast_source(source):
+                    aliases[alias] = source.name
+                    refs.add(alias)
+                    continue
+                return None
             aliases[alias] = hit[1]
             tables.append(hit)
+        if not tables:
+            return None
+        canonical = {a: t for a, t in aliases.items() if a not in refs}
         if len(aliases) == 1:
             return (tree, aliases, tables) if not tree.args.get("joins") else None
-        # co-located join: every join inner with an equality of region columns to an earlier table
-        if not all(t in self.catalog.regions[r].region_pinned for r in self.catalog.regions for _, t in tables
-                   if t in self.catalog.regions[r].tables):  # fmt: skip
+        # co-located join: every join inner; a canonical table after the first one is linked by an
+        # equality of region columns to an earlier canonical table; a broadcast table joins on anything
+        if len(canonical) > 1 and not all(
+            t in self.catalog.regions[r].region_pinned for r in self.catalog.regions for _, t in tables
+            if t in self.catalog.regions[r].tables
+        ):  # fmt: skip
             return None
-        joined = {tree.args["from_"].this.alias_or_name}
+        first = tree.args["from_"].this.alias_or_name
+        joined = {first} if first in canonical else set()
         for join in tree.args.get("joins") or []:
-            if join.side or join.kind not in ("", "INNER", None) or join.args.get("using") or not join.args.get("on"):
+            if join.side or join.kind not in ("", "INNER", None) or join.args.get("method"):
                 return None
             right = join.this.alias_or_name
+            if right in refs:
+                continue
+            if join.args.get("using") or (joined and not join.args.get("on")):
+                return None
+            if not joined:
+                joined.add(right)
+                continue
             linked = False
-            for c in _conjuncts(join.args["on"]):
-                if isinstance(c, exp.EQ) and all(_is_region_col(x, aliases) for x in (c.left, c.right)):
+            for c in _conjuncts(join.args.get("on")):
+                if isinstance(c, exp.EQ) and all(_is_region_col(x, canonical) for x in (c.left, c.right)):
                     pair = {c.left.table, c.right.table}
                     if right in pair and pair - {right} and (pair - {right}) <= joined:
                         linked = True
@@ -426,31 +498,54 @@ class _Planner:
             joined.add(right)
         return tree, aliases, tables
 
-    def single_region(self) -> Plan | None:
-        """A query over live tables (and `R.table` names) of one DuckDB region runs whole in that region.
+    def _broadcast_source(self, source: Any) -> bool:
+        return (isinstance(source, exp.Table) and isinstance(source.this, exp.Identifier)
+                and source.name in self.catalog.reference and source.name in self.catalog.broadcast)  # fmt: skip
 
-        Only when every table it reads is in region R and read by DuckDB there (Iceberg
-        tables, PostgreSQL through the postgres extension, files): the region runs the
-        query as written and ships its answer; the coordinator only passes it through.
+    def _canonical_aliases(self, aliases: dict[str, str]) -> dict[str, str]:
+        return {a: t for a, t in aliases.items() if t not in self.catalog.broadcast or t in self.catalog.contracts}
+
+    def single_region(self) -> Plan | None:
+        """A query that reads only one region's tables runs whole in that region.
+
+        - DuckDB regions: when it reads a live table of region R (and only R's tables, all read by
+          DuckDB there: Iceberg, PostgreSQL through the postgres extension, files).
+        - BigQuery regions: when every table is `R.table` of R's BigQuery store (or every table is
+          a live table of one BigQuery source) and the whole statement is built from the shapes
+          whose DuckDB -> BigQuery transpilation keeps the meaning (`_bq_safe`, plus SELECT, JOIN,
+          GROUP BY, HAVING, ORDER BY, LIMIT, avg): one query job runs it where the data is.
+        The region ships only the answer; the coordinator passes it through (casting to the types
+        the same query has in DuckDB).
         """
         region: str | None = None
         tables: list[str] = []
+        aliases: dict[str, str] = {}
         has_live = False
+        engines: set[str] = set()
         for scope in self.scopes:
-            for source in scope.sources.values():
+            for alias, source in scope.sources.items():
                 if not isinstance(source, exp.Table) or not isinstance(source.this, exp.Identifier):
                     continue
                 hit = self._canonical(source)
                 if hit is None:
                     return None  # a reference table (read at the coordinator)
                 r, t = hit
-                if r is None or (region is not None and r != region) or self.catalog.engine_of(r, t) != DUCKDB:
+                if r is None or (region is not None and r != region):
                     return None
                 region = r
                 has_live = has_live or t in self.catalog.live
                 tables.append(t)
-        if not has_live or region is None:
+                aliases[alias] = t
+                engines.add(self.catalog.engine_of(r, t))
+        if region is None or len(engines) != 1:
             return None
+        engine = engines.pop()
+        if engine == DUCKDB and not has_live:
+            return None
+        if engine == BIGQUERY:
+            lives = {self.catalog.live[t].source if t in self.catalog.live else None for t in tables}
+            if len(lives) != 1 or not self._bq_safe(self.tree, aliases, _BQ_STATEMENT_NODES):
+                return None
         frag_name = self._new_name()
         columns = [s.alias_or_name for s in self.tree.selects] if hasattr(self.tree, "selects") else []
         frag = Fragment(
@@ -459,7 +554,7 @@ class _Planner:
             regions=self._region_queries(self.tree, [region], sorted(set(tables))),
             pruned={r: f"the query reads only {region}" for r in self.catalog.regions if r != region},
         )  # fmt: skip
-        frag.notes.append(f"every table is in {region} and read by its DuckDB: the whole query runs there")
+        frag.notes.append(f"every table is in {region} and read by its {engine}: the whole query runs there")
         return Plan("", "single_region", [frag], f'SELECT * FROM "{frag_name}"', "", [], [])
 
     def partial_aggregate(self) -> Plan | None:
@@ -535,7 +630,7 @@ class _Planner:
                 return None
             merges[agg.sql("duckdb")] = merged
         # regions (after pruning) and engine safety
-        regions, pruned = self._regions_for(tables, where + join_on, aliases)
+        regions, pruned = self._regions_for(tables, where + join_on, self._canonical_aliases(aliases))
         checked = where + join_on + group_exprs + partials + distinct_keys
         if not self._engine_ok(regions, checked, aliases):
             return None
@@ -596,9 +691,13 @@ class _Planner:
         )
         if distinct_keys:
             frag.notes.append("DISTINCT aggregates: regions ship distinct (group, value) pairs")
+        broadcast = sorted({t for t in aliases.values() if t in self.catalog.broadcast and t not in self.catalog.contracts})
+        for name in broadcast:
+            info = self.catalog.broadcast[name]
+            frag.notes.append(f"reference table {name} ({info.rows} rows, {info.bytes} B) is broadcast to every region")
         return Plan(
             sql="", strategy="partial_aggregate", fragments=[frag], coordinator_sql=coord.sql("duckdb"), bind_sql="",
-            reference_tables=[], notes=[],
+            reference_tables=broadcast, notes=[],
         )  # fmt: skip
 
     def top_n(self) -> Plan | None:
@@ -697,14 +796,119 @@ class _Planner:
                     frag_select.set("where", exp.Where(this=_and(conj)))
                 frag.duckdb_sql = frag_select.sql("duckdb")
                 frag.pushed_filters = [c.sql("duckdb") for c in conj]
+                frag.reduced = any(self._region_predicate([c], aliases) is None for c in conj)
                 fragments.append(frag)
                 replacements.append((source, exp.to_table(name).as_(alias)))
+        if self.pushdown:
+            self._semi_joins(fragments, replacements)
         for old, new in replacements:
             old.replace(new)
         notes = []
         if any(len(f.regions) > 0 for f in fragments):
             notes.append("general strategy: reduced rows of each table are merged and the query runs at the coordinator")
         return Plan("", "scan", fragments, coord.sql("duckdb"), "", sorted(references), notes)
+
+    def file_reads(self) -> dict[str, dict[str, list[str]]]:
+        """Projection and filter pushdown into live files tables (`na.exports.flights`).
+
+        Per files table: the columns referenced through any of its aliases, and, when the query
+        names it once, the conjuncts that filter its rows before anything else (`_pushable`),
+        with columns unqualified (they run over the connector's batches). The executor reads
+        only those columns, skips objects whose hive partition values fail the conjuncts, and
+        filters the rest; the region's SQL still applies every conjunct (a pre-filter only).
+        """
+        refs: dict[str, list[tuple[str, list[exp.Expression]]]] = {}
+        for scope in self.scopes:
+            select = scope.expression if isinstance(scope.expression, exp.Select) else None
+            for alias, source in scope.sources.items():
+                if not isinstance(source, exp.Table) or not isinstance(source.this, exp.Identifier):
+                    continue
+                name = source.name
+                live = self.catalog.live.get(name)
+                if live is None or live.kind != "gcs":
+                    continue
+                conj = self._pushable(select, source, alias) if select is not None and self.pushdown else []
+                refs.setdefault(name, []).append((alias, conj))
+        reads: dict[str, dict[str, list[str]]] = {}
+        for name, uses in refs.items():
+            wanted = {c.name for alias, _ in uses for c in self._original_columns(alias)}
+            columns = [c for c in self.catalog.columns_of(name) if c in wanted] or self.catalog.columns_of(name)[:1]
+            filters: list[str] = []
+            if len(uses) == 1:
+                for c in uses[0][1]:
+                    bare = c.copy()
+                    for col in bare.find_all(exp.Column):
+                        col.set("table", None)
+                    filters.append(bare.sql("duckdb"))
+            reads[name] = {"columns": columns, "filters": filters}
+        return reads
+
+    def _original_columns(self, alias: str) -> list[exp.Column]:
+        return [c for c in self.tree.find_all(exp.Column) if c.table == alias]
+
+    def _semi_joins(self, fragments: list[Fragment], replacements: list[tuple[exp.Table, exp.Table]]) -> None:
+        """Mark fragments that may be filtered by the join keys of another fragment (semi-join key shipping).
+
+        For an equality `x.a = y.b` among the ON conjuncts of a join, the side whose unmatched rows the
+        join drops (both sides of an inner or SEMI join; the right side of LEFT and ANTI; the left side
+        of RIGHT) is a *probe* candidate; the other side is the *build*. Only a build whose rows were
+        reduced by pushed filters and a probe with none are paired (the filtered side is likely the
+        smaller one; both filtered or neither: no key shipping). The build fragment's rows are a
+        superset of the rows that reach the join, so a probe row whose key is not among the build's
+        keys can never join: dropping it in its region is always correct.
+        """
+        by_source = {id(old): frag for (old, _), frag in zip(replacements, fragments)}
+        for scope in self.scopes:
+            select = scope.expression if isinstance(scope.expression, exp.Select) else None
+            if select is None:
+                continue
+            from_ = select.args.get("from_")
+            joins = select.args.get("joins") or []
+            frag_of: dict[str, Fragment] = {}
+            for alias, source in scope.sources.items():
+                if isinstance(source, exp.Table) and id(source) in by_source:
+                    frag_of[alias] = by_source[id(source)]
+            if len(frag_of) < 2 or from_ is None:
+                continue
+            for join in joins:
+                right = join.this.alias_or_name
+                if right not in frag_of or not join.args.get("on") or join.args.get("method"):
+                    continue
+                side, kind = (join.side or "").upper(), (join.kind or "").upper()
+                for c in _conjuncts(join.args["on"]):
+                    if not isinstance(c, exp.EQ) or not all(isinstance(x, exp.Column) for x in (c.left, c.right)):
+                        continue
+                    cols = {c.left.table: c.left.name, c.right.table: c.right.name}
+                    if right not in cols or len(cols) != 2:
+                        continue
+                    left = next(a for a in cols if a != right)
+                    if left not in frag_of:
+                        continue
+                    probes: list[str] = []
+                    if not side and kind in ("", "INNER", "SEMI"):
+                        probes = [right, left]
+                    elif (side == "LEFT" and kind in ("", "OUTER")) or kind == "ANTI":
+                        probes = [right]
+                    elif side == "RIGHT" and kind in ("", "OUTER"):
+                        probes = [left]
+                    for probe in probes:
+                        build = left if probe == right else right
+                        pf, bf = frag_of[probe], frag_of[build]
+                        if pf.semi_join is not None or pf is bf or bf.semi_join is not None:
+                            continue
+                        if not bf.reduced or pf.reduced:
+                            continue
+                        pt = self.catalog.duckdb_types[pf.tables[0]].get(cols[probe])
+                        bt = self.catalog.duckdb_types[bf.tables[0]].get(cols[build])
+                        if pt != bt or pt not in ("VARCHAR", "BIGINT", "INTEGER", "DATE"):
+                            continue
+                        if cols[probe] not in pf.columns or cols[build] not in bf.columns:
+                            continue
+                        pf.semi_join = {"build": bf.name, "build_column": cols[build], "column": cols[probe]}
+                        pf.notes.append(
+                            f"semi-join: after {bf.name} ran, its distinct {cols[build]} values are shipped to these "
+                            f"regions, which return only rows whose {cols[probe]} is among them"
+                        )
 
     def _pushable(self, select: exp.Select, source: exp.Table, alias: str) -> list[exp.Expression]:
         """WHERE / ON conjuncts that mention only `alias` and may filter the table before the query runs."""
