@@ -129,9 +129,10 @@ STAGES = {
     "extract": "waiting on PostgresConnector.read for the next batch",
     "harmonize": "the compiled mapping SQL per batch (DuckDB) -> Arrow",
     "split": "per-batch Python/pyarrow around it: __seq column, fail/warn/quarantine split, counters",
-    "stage": "INSERT of good rows into the on-disk DuckDB staging table",
-    "dedupe": "_deduplicated: window query over the staging table -> one Arrow table",
-    "commit": "store.commit (conform, check_unique, truncate, upserts, Parquet writes, catalog swap)",
+    "stage": "INSERT of good rows into the DuckDB staging table (in memory, spills past SKYFED_INGEST_MEMORY)",
+    "dedupe": "_deduplicated: builds the window query over the staging table (it runs inside commit)",
+    "commit": "store.commit_query: the dedupe query run by DuckDB writing the Parquet data files itself "
+              "(fresh table / full refresh), or streamed into the copy-on-write commit; then the catalog swap",
     "quarantine": "clear_quarantine + commit_quarantine",
 }
 
@@ -173,7 +174,6 @@ def _instrument() -> None:
 
     def read(self: Any, *a: Any, **k: Any) -> Any:
         T.phase = "extract+harmonize+stage"
-        loop_start = pc_()
         it = iter(orig_read(self, *a, **k))
         while True:
             t = pc_()
@@ -181,7 +181,6 @@ def _instrument() -> None:
                 b = next(it)
             except StopIteration:
                 T.add("extract", pc_() - t)
-                T.add("loop_wall", pc_() - loop_start)
                 return
             T.add("extract", pc_() - t)
             yield b
@@ -231,6 +230,17 @@ def _instrument() -> None:
 
     runner.duckdb = _DuckShim()  # type: ignore[assignment]
 
+    # The batch loop's wall time: from the first batch asked for to the loop's end (the
+    # runner's _sliced yields its last batch after the connector is exhausted).
+    orig_sliced = runner._sliced
+
+    def sliced(*a: Any, **k: Any) -> Any:
+        start = pc_()
+        yield from orig_sliced(*a, **k)
+        T.add("loop_wall", pc_() - start)
+
+    runner._sliced = sliced  # type: ignore[assignment]
+
     def wrap(mod: Any, name: str, bucket: str, phase: str | None = None) -> None:
         orig = getattr(mod, name)
 
@@ -246,7 +256,8 @@ def _instrument() -> None:
         setattr(mod, name, f)
 
     wrap(runner, "_deduplicated", "dedupe", "dedupe")
-    wrap(ice.IcebergCuratedStore, "commit", "commit", "commit")
+    wrap(ice.IcebergCuratedStore, "commit_query", "commit", "commit")
+    wrap(ice.files_mod, "write_data_files", "commit.duckdb_write_files")
     wrap(ice.IcebergCuratedStore, "commit_quarantine", "quarantine")
     wrap(ice.IcebergCuratedStore, "clear_quarantine", "quarantine")
     wrap(ice, "conform", "commit.conform")

@@ -66,7 +66,6 @@ def _instrument() -> None:
             self._inner = inner
 
         def read(self, *a: Any, **k: Any) -> Any:
-            loop_start = pc_()
             it = iter(self._inner.read(*a, **k))
             while True:
                 t = pc_()
@@ -74,7 +73,6 @@ def _instrument() -> None:
                     b = next(it)
                 except StopIteration:
                     S.t["extract"] += pc_() - t
-                    S.t["loop_wall"] += pc_() - loop_start
                     return
                 S.t["extract"] += pc_() - t
                 yield b
@@ -127,6 +125,17 @@ def _instrument() -> None:
 
     runner.duckdb = _DuckShim()  # type: ignore[assignment]
 
+    # The batch loop's wall time: from the first batch asked for to the loop's end (the
+    # runner's _sliced yields its last batch after the connector is exhausted).
+    orig_sliced = runner._sliced
+
+    def sliced(*a: Any, **k: Any) -> Any:
+        start = pc_()
+        yield from orig_sliced(*a, **k)
+        S.t["loop_wall"] += pc_() - start
+
+    runner._sliced = sliced  # type: ignore[assignment]
+
     def wrap(owner: Any, name: str, bucket: str) -> None:
         orig = getattr(owner, name)
 
@@ -144,7 +153,7 @@ def _instrument() -> None:
 
     wrap(runner, "_deduplicated", "dedupe")
     for cls in (IcebergCuratedStore, BigQueryCuratedStore):
-        wrap(cls, "commit", "commit")
+        wrap(cls, "commit_query", "commit")  # runs the de-dup query (and, for Iceberg, may call commit)
         wrap(cls, "commit_quarantine", "quarantine")
         wrap(cls, "clear_quarantine", "quarantine")
 

@@ -8,8 +8,10 @@ Stages, each with clear state (after dlt's extract/normalize/load):
 3. stage: good rows go to an on-disk DuckDB staging table, so a run never holds a
    whole table in memory;
 4. commit: the staged rows, de-duplicated by key (latest cursor wins, then the
-   latest arrival), are upserted into the region's curated store together with the
-   new source position in one atomic commit. Quarantine records are committed
+   latest arrival; only repeated keys go through the window), are upserted into the
+   region's curated store together with the new source position in one atomic
+   commit. The store gets the de-dup SQL, not rows (`commit_query`): into an empty
+   Iceberg table or on a full refresh DuckDB writes the data files itself. Quarantine records are committed
    first and idempotently, so a crash between the two commits repeats, never
    doubles, them.
 Nothing before step 4 is visible to readers, so a crash anywhere leaves the store as
@@ -35,7 +37,7 @@ from sqlglot import exp, parse_one
 from skyfed.connectors.base import ReadRequest, Reject
 from skyfed.connectors.registry import connector_for
 from skyfed.contracts.harmonize import CURSOR, reason_rule, FAIL, PROVENANCE, QUARANTINE, RAW, SEQ, WARN, compile_mapping, q
-from skyfed.contracts.types import contract_schema, duckdb_types_of
+from skyfed.contracts.types import contract_schema, duckdb_type, duckdb_types_of
 from skyfed.errors import SkyfedError
 from skyfed.home import sub_dir
 from skyfed.ingest.positions import position_from_json, position_to_json
@@ -219,10 +221,13 @@ def run_mapping(
             store.commit_quarantine(qrows, run_id=run_id)
             crash_point("after_quarantine_commit")
         if full_refresh or result.rows_read or position_to_json(upto) != previous:
-            rows = _deduplicated(con, contract, staged)
-            commit = store.commit(
+            # The batch loop is done (no Arrow batches in flight): the de-dup query and
+            # DuckDB's partitioned Parquet writes get the larger budget, spilling less.
+            con.execute(f"SET memory_limit = '{os.environ.get('SKYFED_INGEST_COMMIT_MEMORY', '800MB')}'")
+            commit = store.commit_query(
                 mapping.contract,
-                rows,
+                con,
+                _deduplicated(con, contract, staged),
                 key=list(contract.key),
                 mapping=mapping.name,
                 position=position_to_json(upto),
@@ -387,23 +392,31 @@ def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
 
 
-def _deduplicated(con: duckdb.DuckDBPyConnection, contract: Any, staged: bool) -> pa.RecordBatchReader:
-    """Staged rows, one per key (the latest cursor wins, then the latest arrival),
-    streamed: the store receives batches and never the whole table at once."""
+def _deduplicated(con: duckdb.DuckDBPyConnection, contract: Any, staged: bool) -> str:
+    """SQL of the staged rows, one per key (the latest cursor wins, then the latest arrival).
+
+    The store runs it on the staging connection: DuckDB either writes the data files
+    itself or streams batches, so the whole table is never held in Python. Only keys
+    that repeat go through the window: finding them needs the key columns alone, and
+    most loads have none."""
     schema = contract_schema(contract)
     if not staged:
-        return pa.RecordBatchReader.from_batches(schema, [])
+        types = ", ".join(f"CAST(NULL AS {duckdb_type(c.type)}) AS {q(n)}" for n, c in contract.columns.items())
+        return f"SELECT {types} WHERE false"
     cols = ", ".join(q(c) for c in schema.names)
+    if not contract.key:
+        return f"SELECT {cols} FROM stage"
     key = ", ".join(q(k) for k in contract.key)
-    if key:
-        sql = (
-            f"SELECT {cols} FROM stage QUALIFY row_number() OVER "
-            f"(PARTITION BY {key} ORDER BY {CURSOR} DESC NULLS LAST, {SEQ} DESC) = 1"
-        )
-    else:
-        sql = f"SELECT {cols} FROM stage"
-    reader = con.sql(sql).to_arrow_reader(500_000)
-    return pa.RecordBatchReader.from_batches(schema, (b.cast(schema) for b in reader))
+    con.execute(f"CREATE OR REPLACE TABLE repeated AS SELECT {key} FROM stage GROUP BY ALL HAVING count(*) > 1")
+    latest = (
+        f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {CURSOR} DESC NULLS LAST, {SEQ} DESC) = 1"
+    )
+    if not con.execute("SELECT count(*) FROM repeated").fetchone()[0]:
+        return f"SELECT {cols} FROM stage"
+    return (
+        f"SELECT {cols} FROM stage ANTI JOIN repeated USING ({key}) "
+        f"UNION ALL SELECT {cols} FROM (SELECT * FROM stage SEMI JOIN repeated USING ({key}) {latest})"
+    )
 
 
 def _now() -> Any:

@@ -44,7 +44,8 @@ SECOND = ((2500, 4000), 1, {"cursor": 2})  # 500 updates, 1000 new rows
 THIRD_REPLACE = ((1000, 1800), 2, {"cursor": 3})
 
 
-def _child(store: CuratedStore, table: str, batch: tuple, run_id: str, crash: str | None, replace: bool = False):
+def _child(store: CuratedStore, table: str, batch: tuple, run_id: str, crash: str | None, replace: bool = False,
+           deletes: list[int] | None = None, query: bool = False):  # fmt: skip
     spec = store.test_spec  # type: ignore[attr-defined]
     args = {
         "spec": spec.model_dump(mode="json", by_alias=True),
@@ -55,6 +56,8 @@ def _child(store: CuratedStore, table: str, batch: tuple, run_id: str, crash: st
         "position": batch[2],
         "run_id": run_id,
         "replace": replace,
+        "deletes": deletes,
+        "query": query,
     }
     env = os.environ.copy()
     env.pop(CRASH_ENV, None)

@@ -98,13 +98,40 @@ class CuratedStore(Protocol):
         position: dict[str, Any],
         run_id: str,
         replace: bool = False,
+        deletes: pa.Table | None = None,
     ) -> CommitResult:
-        """Upsert `rows` by `key` and record `position` for `mapping`, atomically.
+        """Upsert `rows` by `key`, remove the rows whose keys are in `deletes`, and record
+        `position` for `mapping`, all in one atomic step.
 
         `replace=True` (full refresh) makes `rows` the whole table content and forgets
         the positions of the contract's other mappings, so they reload fully next time.
         Rows must be unique by key (the harmonizer de-duplicates); always commits, also
         with zero rows, so that the position advances.
+
+        `deletes` (CDC streaming) is a table of the key columns only; keys that are not in
+        the table are ignored. Deletes are applied before the upsert, so a key that is both
+        in `deletes` and in `rows` ends up with its row from `rows` (rows win). With
+        `replace=True` the deletes have nothing left to remove.
+        """
+        ...
+
+    def commit_query(
+        self,
+        contract_name: str,
+        con: Any,
+        query: str,
+        *,
+        key: list[str],
+        mapping: str,
+        position: dict[str, Any],
+        run_id: str,
+        replace: bool = False,
+    ) -> CommitResult:
+        """`commit` of the rows of a DuckDB `query` on connection `con` (rows unique by key).
+
+        Lets a store write from DuckDB without pulling rows into Python where it can
+        (Iceberg: DuckDB writes the data files of an append into an empty table or a
+        full refresh); the atomicity and position rules are `commit`'s.
         """
         ...
 
@@ -200,6 +227,35 @@ def check_unique(rows: pa.Table, key: list[str], what: str) -> None:
             f"{what}: {rows.num_rows - groups.num_rows} row(s) repeat a key ({', '.join(key)}), e.g. {dup}",
             "de-duplicate by key before committing (the latest record wins)",
         )
+
+
+def delete_keys(deletes: pa.Table | None, schema: pa.Schema, key: list[str], what: str) -> pa.Table | None:
+    """The keys to delete, typed as the table's key columns, without nulls and repeats; None if none.
+
+    `deletes` must hold exactly the key columns: another column would suggest the caller
+    meant an upsert.
+    """
+    if deletes is None:
+        return None
+    if isinstance(deletes, pa.RecordBatch):
+        deletes = pa.Table.from_batches([deletes])
+    if not isinstance(deletes, pa.Table):
+        raise SkyfedError(f"{what}: deletes must be an Arrow table of the key columns, not {type(deletes).__name__}")
+    missing = [k for k in key if k not in deletes.column_names]
+    extra = [c for c in deletes.column_names if c not in key]
+    if missing or extra:
+        raise SkyfedError(
+            f"{what}: deletes must hold exactly the key column(s) {', '.join(key)}"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+            + (f"; not key columns: {', '.join(extra)}" if extra else ""),
+            "pass a table of the deleted rows' key values only",
+        )
+    keys = conform(deletes.select(key), pa.schema([pa.field(k, schema.field(k).type, True) for k in key]), what)
+    for k in key:
+        keys = keys.filter(pa.compute.is_valid(keys[k]))
+    if keys.num_rows == 0:
+        return None
+    return keys.group_by(key, use_threads=False).aggregate([]).select(key)
 
 
 def sort_by_key(table: pa.Table, key: list[str]) -> pa.Table:

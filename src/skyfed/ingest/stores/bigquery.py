@@ -36,6 +36,7 @@ from skyfed.ingest.stores.base import (
     parse_partition,
     conform,
     crash_point,
+    delete_keys,
     position_json,
     quarantine_rows,
     sort_by_key,
@@ -332,12 +333,30 @@ class BigQueryCuratedStore:
         position: dict[str, Any],
         run_id: str,
         replace: bool = False,
+        deletes: pa.Table | None = None,
     ) -> CommitResult:
         check_contract_name(contract_name)
         return self._commit(
             contract_name, rows, key=key, mapping=mapping, position=position_json(position), run_id=run_id,
-            operation="replace" if replace else "upsert",
+            operation="replace" if replace else "upsert", deletes=deletes,
         )  # fmt: skip
+
+    def commit_query(
+        self,
+        contract_name: str,
+        con: Any,
+        query: str,
+        *,
+        key: list[str],
+        mapping: str,
+        position: dict[str, Any],
+        run_id: str,
+        replace: bool = False,
+    ) -> CommitResult:
+        """`commit` of the rows of a DuckDB query on `con`, streamed in chunks (unique by key)."""
+        reader = con.sql(query).to_arrow_reader(CHUNK_ROWS)
+        return self.commit(contract_name, reader, key=key, mapping=mapping, position=position, run_id=run_id,
+                           replace=replace)  # fmt: skip
 
     def commit_quarantine(self, rows: pa.Table, *, run_id: str) -> int:
         if QUARANTINE_TABLE not in self._schemas:
@@ -391,6 +410,7 @@ class BigQueryCuratedStore:
         position: str | None,
         run_id: str,
         operation: str,
+        deletes: pa.Table | None = None,
     ) -> CommitResult:
         started = time.perf_counter()
         crash_point("bigquery.before_write")
@@ -398,13 +418,17 @@ class BigQueryCuratedStore:
         what = self._ref(name)
         if not key:
             raise SkyfedError(f"{what}: a commit needs the key columns to upsert by", "set `key` on the contract")
+        replace = operation == "replace"
+        gone = None if replace else delete_keys(deletes, schema, key, what)
         self._drop_stale_stages()
         stage = f"{STAGE_PREFIX}{name}_{uuid.uuid4().hex[:12]}"
+        del_stage = f"{stage}_del" if gone is not None else None
         try:
             written, chunks = self._load_stage(name, stage, rows, schema, key, what)
+            if del_stage is not None:
+                self._load_keys(name, del_stage, gone, what)
             crash_point("bigquery.after_stage")
-            replace = operation == "replace"
-            deleted = self._count_replaced(name, stage, key, replace)
+            deleted = self._count_replaced(name, stage, key, replace, del_stage)
             commit_id, seq = _commit_id()
             cols = schema.names
             col_list = ", ".join(f"`{c}`" for c in cols)
@@ -425,8 +449,14 @@ class BigQueryCuratedStore:
             else:
                 on = " AND ".join(f"T.`{k}` = S.`{k}`" for k in key)
                 sets = ", ".join(f"`{c}` = S.`{c}`" for c in cols if c not in key) or f"`{key[0]}` = S.`{key[0]}`"
+                # Deletes first, in the same transaction: a key also in the rows gets its new row back.
+                removal = (
+                    f"DELETE FROM {target} T WHERE EXISTS (SELECT 1 FROM {self._sql_ref(del_stage)} S WHERE {on});\n"
+                    if del_stage is not None
+                    else ""
+                )
                 write = (
-                    f"MERGE {target} T USING {source} S ON {on}\n"
+                    f"{removal}MERGE {target} T USING {source} S ON {on}\n"
                     f"WHEN MATCHED THEN UPDATE SET {sets}\n"
                     f"WHEN NOT MATCHED THEN INSERT ({col_list}) VALUES ({', '.join(f'S.`{c}`' for c in cols)});"
                 )
@@ -441,6 +471,8 @@ class BigQueryCuratedStore:
             crash_point("bigquery.after_commit")
         finally:
             self._drop(stage)
+            if del_stage is not None:
+                self._drop(del_stage)
         return CommitResult(
             snapshot_id=commit_id, rows_written=written, rows_deleted=deleted, seconds=time.perf_counter() - started
         )
@@ -481,15 +513,34 @@ class BigQueryCuratedStore:
                 raise _error(exc, f"loading rows into a staging table for {what}") from exc
         return written, chunks
 
-    def _count_replaced(self, name: str, stage: str, key: list[str], replace: bool) -> int:
+    def _load_keys(self, name: str, stage: str, keys: pa.Table, what: str) -> None:
+        """Load the keys to delete into their own staging table (typed as the target's key columns)."""
+        types = {f.name: f for f in self.client.get_table(self._ref(name), retry=self._retry).schema}
+        fields = [
+            self._bq.SchemaField(k, types[k].field_type, "NULLABLE", precision=types[k].precision, scale=types[k].scale)
+            for k in keys.column_names
+        ]
+        config = self._bq.LoadJobConfig(source_format="PARQUET", write_disposition="WRITE_TRUNCATE", schema=fields)
+        with tempfile.TemporaryDirectory(prefix="skyfed-stage-") as tmp:
+            path = os.path.join(tmp, "deletes.parquet")
+            pq.write_table(keys, path, compression="zstd")
+            try:
+                with open(path, "rb") as fh:
+                    job = self.client.load_table_from_file(fh, self._ref(stage), job_config=config, location=self.location)
+                job.result(retry=self._retry)
+            except Exception as exc:
+                raise _error(exc, f"loading the keys to delete into a staging table for {what}") from exc
+
+    def _count_replaced(self, name: str, stage: str, key: list[str], replace: bool, del_stage: str | None = None) -> int:
+        """Existing rows this commit removes: replaced by the upsert or deleted (each row counted once)."""
         if replace:
             return int(self._query(f"SELECT COUNT(*) FROM {self._sql_ref(name)}")[0][0])
         on = " AND ".join(f"T.`{k}` = S.`{k}`" for k in key)
         part = ", ".join(f"`{k}`" for k in key)
-        sql = (
-            f"SELECT COUNT(*) FROM {self._sql_ref(name)} T "
-            f"JOIN (SELECT DISTINCT {part} FROM {self._sql_ref(stage)}) S ON {on}"
-        )
+        keys = f"SELECT {part} FROM {self._sql_ref(stage)}"
+        if del_stage is not None:
+            keys += f" UNION ALL SELECT {part} FROM {self._sql_ref(del_stage)}"
+        sql = f"SELECT COUNT(*) FROM {self._sql_ref(name)} T JOIN (SELECT DISTINCT {part} FROM ({keys})) S ON {on}"
         return int(self._query(sql)[0][0])
 
     def _drop(self, name: str) -> None:

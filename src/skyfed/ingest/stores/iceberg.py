@@ -39,6 +39,7 @@ from skyfed.ingest.stores.base import (
     parse_partition,
     conform,
     crash_point,
+    delete_keys,
     position_json,
     quarantine_rows,
     sort_by_key,
@@ -60,6 +61,8 @@ from pyiceberg.io import FileIO  # noqa: E402
 from pyiceberg.io.pyarrow import ArrowScan, _check_pyarrow_schema_compatible, _dataframe_to_data_files  # noqa: E402
 from pyiceberg.table import DataScan, Table, Transaction  # noqa: E402
 from pyiceberg.table.metadata import TableMetadata  # noqa: E402
+
+from skyfed.ingest.stores import iceberg_files as files_mod  # noqa: E402
 from pyiceberg.transforms import (  # noqa: E402
     DayTransform,
     HourTransform,
@@ -339,12 +342,81 @@ class IcebergCuratedStore:
         position: dict[str, Any],
         run_id: str,
         replace: bool = False,
+        deletes: pa.Table | None = None,
     ) -> CommitResult:
         check_contract_name(contract_name)
         return self._commit(
             contract_name, rows, key=key, mapping=mapping, position=position_json(position), run_id=run_id,
-            replace=replace, operation="replace" if replace else "upsert",
+            replace=replace, operation="replace" if replace else "upsert", deletes=deletes,
         )  # fmt: skip
+
+    def commit_query(
+        self,
+        contract_name: str,
+        con: Any,
+        query: str,
+        *,
+        key: list[str],
+        mapping: str,
+        position: dict[str, Any],
+        run_id: str,
+        replace: bool = False,
+    ) -> CommitResult:
+        """`commit` of the rows of a DuckDB query on `con` (unique by key: the caller de-duplicates).
+
+        Into an empty table or for a full refresh of a local warehouse, DuckDB writes the
+        data files itself (iceberg_files.py) and they are added in the same transaction
+        that carries the position: no key matching, no rows through Python. Otherwise the
+        rows stream through the copy-on-write `commit`.
+        """
+        check_contract_name(contract_name)
+        started = time.perf_counter()
+        what = f"{self.region}.{contract_name}"
+        table = self._table(contract_name)
+        fresh = replace or _total_records(table.metadata.current_snapshot()) == 0
+        partition = files_mod.partition_expression(table.metadata)
+        select = files_mod.select_for(table.schema(), con.sql(query).columns, query, what)
+        if not fresh or partition is False or select is None or "://" in self.warehouse or not key:
+            reader = con.sql(query).to_arrow_reader(CHUNK_ROWS)
+            return self.commit(contract_name, reader, key=key, mapping=mapping, position=position, run_id=run_id,
+                               replace=replace)  # fmt: skip
+        crash_point("iceberg.before_write")
+        files = files_mod.write_data_files(con, select, table.metadata, partition or None, what)
+        for attempt in range(COMMIT_ATTEMPTS):
+            tx = table.transaction()
+            props = self._snapshot_props(table, run_id=run_id, mapping=mapping, position=position_json(position),
+                                         replace=replace, operation="replace" if replace else "upsert")  # fmt: skip
+            deleted = _truncate(tx, props) if replace else 0
+            if files:
+                with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+                    for f in files:
+                        append.append_data_file(f)
+            else:
+                tx.append(self._schema_and_key(contract_name, table)[0].empty_table(), snapshot_properties=props)
+            crash_point("iceberg.after_data_files")
+            try:
+                committed = tx.commit_transaction()
+            except CommitFailedException as exc:
+                table = self._table(contract_name)
+                if not replace and _total_records(table.metadata.current_snapshot()) != 0:
+                    raise SkyfedError(
+                        f"{what}: another writer committed to the table during this commit; nothing was committed",
+                        "run the ingestion again (it resumes from the last committed position)",
+                    ) from exc
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            crash_point("iceberg.after_commit")
+            snap = committed.current_snapshot()
+            return CommitResult(
+                snapshot_id=snap.snapshot_id if snap else None,
+                rows_written=sum(f.record_count for f in files),
+                rows_deleted=deleted,
+                seconds=time.perf_counter() - started,
+            )
+        raise SkyfedError(
+            f"{what}: {COMMIT_ATTEMPTS} commit attempts lost to concurrent writers; nothing was committed",
+            "run fewer writers per table at once, then run the ingestion again",
+        )
 
     def commit_quarantine(self, rows: pa.Table, *, run_id: str) -> int:
         if QUARANTINE_TABLE not in self._schemas:
@@ -386,6 +458,7 @@ class IcebergCuratedStore:
         run_id: str,
         replace: bool,
         operation: str,
+        deletes: pa.Table | None = None,
     ) -> CommitResult:
         started = time.perf_counter()
         crash_point("iceberg.before_write")
@@ -400,6 +473,10 @@ class IcebergCuratedStore:
             props = self._snapshot_props(table, run_id=run_id, mapping=mapping, position=position,
                                          replace=replace, operation=operation)  # fmt: skip
             written = deleted = 0
+            gone = None if replace else delete_keys(deletes, schema, key, what)
+            if gone is not None:  # before the upsert, so that a key also in `rows` keeps its new row
+                deleted += _remove_keys(tx, table.io, gone, key, props)
+                crash_point("iceberg.after_deletes")
             pieces = chunks(rows, CHUNK_ROWS) if replayable or attempt == 0 else iter(())
             first = True
             # Into an empty (or truncated) table, rows whose keys no earlier chunk had are
@@ -492,31 +569,57 @@ def _upsert(tx: Transaction, io: FileIO, data: pa.Table, key: list[str], props: 
     if data.num_rows == 0:
         tx.append(data, snapshot_properties=props)
         return 0
-    new_keys = data.select(key).combine_chunks()
-    tasks = list(DataScan(table_metadata=meta, io=io, row_filter=_prune_filter(new_keys, key)).plan_files())
+    hits = _files_with_keys(meta, io, data.select(key).combine_chunks(), key)
+    return _rewrite(tx, io, hits, props, data)
+
+
+def _remove_keys(tx: Transaction, io: FileIO, keys: pa.Table, key: list[str], props: dict[str, str]) -> int:
+    """Stage one snapshot without the rows whose keys are in `keys` (copy-on-write); returns rows removed.
+
+    Keys no row has change nothing (no snapshot is staged for them)."""
+    meta = tx.table_metadata
+    if _total_records(meta.current_snapshot()) == 0:
+        return 0
+    hits = _files_with_keys(meta, io, keys, key)
+    return _rewrite(tx, io, hits, props, None) if hits else 0
+
+
+def _files_with_keys(meta: TableMetadata, io: FileIO, keys: pa.Table, key: list[str]) -> list[tuple[Any, pa.BooleanArray]]:
+    """The data files holding any of `keys`, each with the mask of its matching rows.
+
+    Only key columns are read to find them."""
+    tasks = list(DataScan(table_metadata=meta, io=io, row_filter=_prune_filter(keys, key)).plan_files())
     key_schema = meta.schema().select(*key)
 
     def matches(task: Any) -> tuple[Any, pa.BooleanArray | None]:
         file_keys = ArrowScan(meta, io, key_schema, AlwaysTrue()).to_table([task])
-        mask = _match_mask(file_keys, new_keys, key)
+        mask = _match_mask(file_keys, keys, key)
         return task, (mask if pc.any(mask).as_py() else None)
 
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(tasks)))) as pool:
-        hits = [(t, m) for t, m in pool.map(matches, tasks) if m is not None]
-    replaced = 0
+        return [(t, m) for t, m in pool.map(matches, tasks) if m is not None]
+
+
+def _rewrite(
+    tx: Transaction, io: FileIO, hits: list[tuple[Any, pa.BooleanArray]], props: dict[str, str], data: pa.Table | None
+) -> int:
+    """Stage one overwrite snapshot: each hit file replaced by a copy without its matched rows, plus `data`."""
+    meta = tx.table_metadata
+    removed = 0
     counter = itertools.count(0)
     with tx.update_snapshot(snapshot_properties=props).overwrite() as producer:
         for task, mask in hits:
             whole = ArrowScan(meta, io, meta.schema(), AlwaysTrue()).to_table([task])
             keep = whole.filter(pc.invert(mask))
-            replaced += whole.num_rows - keep.num_rows
+            removed += whole.num_rows - keep.num_rows
             producer.delete_data_file(task.file)
             if keep.num_rows:
                 for f in _dataframe_to_data_files(meta, keep, io, write_uuid=producer.commit_uuid, counter=counter):
                     producer.append_data_file(f)
-        for f in _dataframe_to_data_files(meta, data, io, write_uuid=producer.commit_uuid, counter=counter):
-            producer.append_data_file(f)
-    return replaced
+        if data is not None:
+            for f in _dataframe_to_data_files(meta, data, io, write_uuid=producer.commit_uuid, counter=counter):
+                producer.append_data_file(f)
+    return removed
 
 
 def _overlaps(keys: pa.ChunkedArray, seen: list[pa.Array]) -> bool:
