@@ -33,6 +33,7 @@ def _register() -> None:
     from skyfed.cli import query  # noqa: F401
     from skyfed.cli import pipelines  # noqa: F401
     from skyfed.cli import governance  # noqa: F401
+    from skyfed.cli import stream  # noqa: F401
 
 
 def main() -> None:

@@ -110,6 +110,9 @@ class PubSubSource(SpecModel):
     endpoint: str | None = None
     credentials_json: SecretRef | None = None
     description: str | None = None
+    max_message_bytes: int = Field(
+        65536, ge=1, le=10_000_000, description="larger messages go to the dead-letter store (quarantine) unread"
+    )
 
 
 Source = Annotated[

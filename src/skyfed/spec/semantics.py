@@ -101,6 +101,8 @@ def _check_mapping(spec: PlatformSpec, base: tuple[Any, ...], m: Any) -> Iterato
             yield base + ("table",), f"source '{m.source}' has no table '{m.table}'", nearest(m.table, source.tables)
         if source.kind == "pubsub" and m.cursor:
             yield base + ("cursor",), "a pubsub mapping has no cursor (messages are acknowledged)", None
+        if source.kind == "pubsub" and not m.key:
+            yield base + ("key",), "a pubsub mapping needs a key (the event id) to de-duplicate redelivered messages", None
 
     if m.contract not in spec.contracts:
         yield base + ("contract",), f"unknown contract '{m.contract}'", nearest(m.contract, spec.contracts)
