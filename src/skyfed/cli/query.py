@@ -32,6 +32,10 @@ def query(
     cache_ttl: float = typer.Option(None, "--cache-ttl", help="Seconds a cached answer stays valid (default 300, $SKYFED_QUERY_CACHE_TTL)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Estimate bytes scanned and shipped per region and the egress cost; run nothing."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (plan, or result rows plus report)."),
+    role: str = typer.Option(None, "--role", help="Your role in the governance file (default $SKYFED_ROLE; none: "
+                             "'anonymous', every classified column NULL)."),
+    governance: str = typer.Option(None, "--governance", help="Governance file (default $SKYFED_GOVERNANCE or "
+                                   "skyfed.governance.yaml beside the spec)."),
 ) -> None:
     """Run SQL across every region: work is pushed to the data, only small results move."""
     from skyfed.query import connect
@@ -45,7 +49,12 @@ def query(
         options["timeout"] = timeout
     if cache_ttl is not None:
         options["cache_ttl"] = cache_ttl
-    fed = connect(load(spec), coordinator=coordinator, **options)
+    import os
+
+    from skyfed.governance.config import governance_path
+
+    gov_path = governance_path(spec or os.environ.get("SKYFED_SPEC") or "skyfed.yaml", governance)
+    fed = connect(load(spec), coordinator=coordinator, role=role, governance=gov_path, **options)
     if explain:
         emit(fed.explain(sql), as_json, _render_plan)
         return
@@ -164,11 +173,17 @@ def _render_estimate(est: dict[str, Any]) -> None:
 
 def _render_plan(plan: dict[str, Any]) -> None:
     out.print(f"[bold]strategy:[/] {plan['strategy']}   plan {plan['plan_ms']} ms   coordinator in {plan['coordinator_region']}")
+    pol = plan.get("policy") or {}
+    if pol.get("governed"):
+        out.print(f"[bold]role:[/] {pol['role']} (governance file {pol['governance_file']})", highlight=False)
     for f in plan["fragments"]:
         out.print(f"\n[bold]{f['name']}[/] ({f['strategy']} over {', '.join(f['tables'])}): crosses boundary: {f['crosses_boundary']}", highlight=False)
         for r in f["regions"]:
             out.print(f"  [cyan]{r['region']}[/] ({r['engine']}, egress ${r['egress_usd_per_gb']}/GB):", highlight=False)
             out.print(f"    {r['sql']}", highlight=False, soft_wrap=True)
+            for d in r.get("policy", []):
+                cross = " (crosses the boundary)" if d.get("crosses_boundary") else ""
+                out.print(f"    [magenta]policy {d['policy']}: {d['decision']}[/] {d['detail']}{cross}", highlight=False)
         for region, why in f["pruned"].items():
             out.print(f"  [dim]{region}: not read ({why})[/]", highlight=False)
         for note in f["notes"]:

@@ -55,6 +55,7 @@ class Decision:
 class Rewrite:
     sql: str
     decisions: list[Decision] = field(default_factory=list)
+    tree: exp.Expression | None = None  # the rewritten statement (callers that keep rewriting skip a re-parse)
 
 
 class PolicyRefusal(SkyfedError):
@@ -206,4 +207,4 @@ def apply_policies(
             sub, made = _governed_subquery(table, governed[table.name], masks[table.name], gov, role)
             table.replace(sub)
             decisions.extend(made)
-    return Rewrite(tree.sql(dialect=dialect), decisions)
+    return Rewrite(tree.sql(dialect=dialect), decisions, tree)

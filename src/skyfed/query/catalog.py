@@ -104,6 +104,8 @@ class Catalog:
     live: dict[str, LiveTable] = field(default_factory=dict)  # internal name (region__source__table) -> live table
     # reference tables small enough to copy to every region (broadcast.py); set by Federation.plan
     broadcast: dict[str, Any] = field(default_factory=dict)
+    # the caller's policies (governed.Governor), set by Federation when a governance file applies
+    governor: Any = None
 
     @classmethod
     def from_spec(cls, spec: PlatformSpec) -> Catalog:

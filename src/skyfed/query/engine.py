@@ -128,7 +128,10 @@ class Federation:
 
     def __init__(self, spec: PlatformSpec, *, coordinator: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  cache: bool = True, cache_ttl: float = DEFAULT_TTL, cache_dir: str | os.PathLike[str] | None = None,
-                 clock: Any = time.time, pushdown: bool = True):  # fmt: skip
+                 clock: Any = time.time, pushdown: bool = True, role: str | None = None,
+                 governance: Any = None, spec_path: str | os.PathLike[str] | None = None):  # fmt: skip
+        from skyfed.query.governed import build_governor
+
         self.spec = spec
         # pushdown=False: only the general strategy (every needed row crosses to the
         # coordinator): the "naive federation" baseline of bench/bench_query.py
@@ -140,16 +143,29 @@ class Federation:
         if self.coordinator not in spec.regions:
             raise SkyfedError(f"coordinator region {self.coordinator!r} is not in the spec", f"use one of {', '.join(spec.regions)}")
         self.timeout = timeout
+        # the caller's policies (governed.py): None when no governance file applies
+        self.governor = build_governor(spec, role=role, coordinator=self.coordinator, governance=governance,
+                                       spec_path=spec_path)  # fmt: skip
+        self.catalog.governor = self.governor
+
+    @property
+    def role(self) -> str | None:
+        return self.governor.role if self.governor is not None else None
 
     # ----------------------------------------------------------------- planning
 
     def plan(self, sql: str) -> Plan:
         from skyfed.query.broadcast import broadcastable
+        from skyfed.query.pinning import pin_versions
 
+        original = sql
+        sql = pin_versions(sql, _pinned_select)
         self._resolve_live(sql)
         # which reference tables are small enough to copy to every region (their Parquet footers)
         self.catalog.broadcast = broadcastable(self.catalog.reference_paths) if self.pushdown else {}
-        return plan_query(sql, self.catalog, pushdown=self.pushdown)
+        plan = plan_query(sql, self.catalog, pushdown=self.pushdown)
+        plan.sql = original
+        return plan
 
     def _resolve_live(self, sql: str) -> None:
         """Add the live source tables (`region.source.table`) the SQL names to the catalog (their
@@ -175,6 +191,7 @@ class Federation:
             "strategy": plan.strategy,
             "plan_ms": round(plan.plan_seconds * 1000, 2),
             "coordinator_region": self.coordinator,
+            "policy": self._policy_summary(plan),
             "fragments": [
                 {
                     "name": f.name,
@@ -185,8 +202,9 @@ class Federation:
                     + (f" ({f.notes[0]})" if f.strategy == "top_n" and f.notes else ""),
                     "pushed_filters": f.pushed_filters,
                     "regions": [
-                        {"region": rq.region, "engine": rq.engine, "sql": rq.sql,
+                        {"region": rq.region, "engine": rq.engine, "sql": self._redact(rq.sql),
                          "egress_usd_per_gb": self._price(rq.region), "broadcast_in": rq.broadcast,
+                         **({"policy": rq.policy} if rq.policy else {}),
                          **({"file_reads": rq.file_reads} if rq.file_reads else {})}  # fmt: skip
                         for rq in f.regions
                     ],
@@ -258,8 +276,43 @@ class Federation:
 
     # ----------------------------------------------------------------- running
 
+    def _redact(self, text: str) -> str:
+        """Region SQL as shown to people: the hash masks' salt is a secret."""
+        salt = self.governor.gov.salt() if self.governor is not None else ""
+        return text.replace(salt, "<salt>") if salt else text
+
+    def _policy_summary(self, plan: Plan) -> dict[str, Any]:
+        if self.governor is None:
+            return {"governed": False}
+        return {"governed": True, "role": self.governor.role, "governance_file": self.governor.path,
+                "decisions": [d for f in plan.fragments for rq in f.regions for d in rq.policy]}  # fmt: skip
+
     def query(self, sql: str, allow_partial: bool = False, timeout: float | None = None,
               use_cache: bool = True) -> Result:  # fmt: skip
+        """Run `sql` and record it in the audit log (original SQL, role, decisions, rows, ok/failed/refused)."""
+        from skyfed.governance.audit import record_query
+        from skyfed.governance.policy import PolicyRefusal
+
+        schema = {n: list(c.columns) for n, c in self.spec.contracts.items()}
+        base = {"actor": None, "role": self.role, "schema": schema}
+        try:
+            result = self._query(sql, allow_partial, timeout, use_cache)
+        except PolicyRefusal as exc:
+            record_query(sql, status="refused", decisions=[{"policy": exc.policy, "decision": "refused",
+                                                            "detail": exc.message}], **base)  # fmt: skip
+            raise
+        except BaseException as exc:
+            record_query(sql, status="failed", detail={"error": _first_line(exc)}, **base)
+            raise
+        decisions = self._policy_summary(result.plan).get("decisions", [])
+        record_query(sql, status="ok", rows=result.report.result_rows, decisions=decisions,
+                     detail={"strategy": result.plan.strategy, "cache": result.report.cache.get("status"),
+                             "rows_shipped": result.report.rows_shipped, "bytes_shipped": result.report.bytes_shipped},
+                     **base)  # fmt: skip
+        return result
+
+    def _query(self, sql: str, allow_partial: bool = False, timeout: float | None = None,
+               use_cache: bool = True) -> Result:  # fmt: skip
         """Run `sql` across the regions. A failing or slow region raises, unless `allow_partial`.
 
         With the result cache on (the default), an answer computed earlier from the same
@@ -279,7 +332,9 @@ class Federation:
             if versions is None:
                 cache_info["status"], cache_info["reason"] = "not_cacheable", why
             else:
-                key = cache_key(normalize_sql(sql), versions, {"allow_partial": allow_partial})
+                # the role (and its policies) is part of the key: a masked answer is never served to another role
+                policy = self.governor.fingerprint() if self.governor is not None else None
+                key = cache_key(normalize_sql(sql), versions, {"allow_partial": allow_partial, "policy": policy})
                 cache_info["key"] = key
                 hit = self.cache.get(key)
                 if hit is not None:
@@ -520,7 +575,8 @@ class Federation:
                 except Exception as exc:  # noqa: BLE001 - every region failure is reported with its cause
                     if rep.status == "ok":
                         rep.status = "failed"
-                        rep.error = exc.message if isinstance(exc, SkyfedError) else f"{type(exc).__name__}: {_first_line(exc)}"
+                        rep.error = self._redact(exc.message if isinstance(exc, SkyfedError)
+                                                 else f"{type(exc).__name__}: {_first_line(exc)}")
                     continue
                 runs[(frag.name, rq.region)] = run
                 rep.fragments += 1
@@ -597,6 +653,12 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema([pa.field(f.name, f.type) for f in schema]))
 
 
+def _pinned_select(name: str, version: int, relation: str) -> str:
+    from skyfed.governance.versioning import pinned_select
+
+    return pinned_select(name, version, relation)
+
+
 def _first_line(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc)
     return text.strip().splitlines()[0][:500] if text.strip() else type(exc).__name__
@@ -605,12 +667,20 @@ def _first_line(exc: BaseException) -> str:
 def connect(spec_or_path: PlatformSpec | str | os.PathLike[str] | None = None, *, coordinator: str | None = None,
             timeout: float = DEFAULT_TIMEOUT, cache: bool = True, cache_ttl: float = DEFAULT_TTL,
             cache_dir: str | os.PathLike[str] | None = None, clock: Any = time.time,
-            pushdown: bool = True) -> Federation:  # fmt: skip
+            pushdown: bool = True, role: str | None = None, governance: Any = None) -> Federation:  # fmt: skip
     """A Federation for a spec object, a spec path, or None ($SKYFED_SPEC, else ./skyfed.yaml).
+
+    `role` (default $SKYFED_ROLE) is the caller's role in the governance file, found as
+    `governance` (a path or a Governance), else $SKYFED_GOVERNANCE, else skyfed.governance.yaml
+    beside the spec path (or $SKYFED_SPEC). No governance file: nothing is governed.
+    With one and no role: the role `anonymous` (every classified column NULL). See governed.py.
 
     `cache` / `cache_ttl` (seconds) control the result cache under state_dir()/cache/query;
     `clock` (a time.time-like function) is injectable for tests of the TTL.
     """
     spec = spec_or_path if isinstance(spec_or_path, PlatformSpec) else load_spec(spec_or_path)
+    spec_path = None if isinstance(spec_or_path, PlatformSpec) else (spec_or_path or os.environ.get("SKYFED_SPEC")
+                                                                     or "skyfed.yaml")  # fmt: skip
     return Federation(spec, coordinator=coordinator, timeout=timeout, cache=cache, cache_ttl=cache_ttl,
-                      cache_dir=cache_dir, clock=clock, pushdown=pushdown)  # fmt: skip
+                      cache_dir=cache_dir, clock=clock, pushdown=pushdown, role=role, governance=governance,
+                      spec_path=spec_path)  # fmt: skip

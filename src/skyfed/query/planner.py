@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlglot import exp
+from sqlglot import parse_one as sqlglot_parse
 from sqlglot.errors import OptimizeError, SqlglotError
 from sqlglot.optimizer.pushdown_projections import pushdown_projections
 from sqlglot.optimizer.qualify import qualify
@@ -68,6 +69,8 @@ class RegionQuery:
     # live files tables: what the region reads of them ({table: {"columns": [...], "filters": [...]}}):
     # only these columns, only objects whose hive partition values pass, only rows passing the filters
     file_reads: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # the caller's policy decisions applied inside this SQL (governed.py): masks, row access, residency
+    policy: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -138,6 +141,8 @@ def plan_query(sql: str, catalog: Catalog, pushdown: bool = True) -> Plan:
     scopes = traverse_scope(tree)
     _check_tables(scopes, catalog)
     planner = _Planner(catalog, tree, scopes, pushdown)
+    if catalog.governor is not None:
+        catalog.governor.start_plan()
     reads = planner.file_reads()  # before a strategy rewrites the tree
     if pushdown:
         plan = planner.single_region() or planner.partial_aggregate() or planner.top_n() or planner.scan()
@@ -146,6 +151,11 @@ def plan_query(sql: str, catalog: Catalog, pushdown: bool = True) -> Plan:
     for frag in plan.fragments:
         for rq in frag.regions:
             rq.file_reads = {t: reads[t] for t in rq.tables if t in reads}
+    if catalog.governor is not None:  # the coordinator's types come from the governed shape (a mask may change a type)
+        for frag in plan.fragments:
+            governed, _ = catalog.governor.fragment(sqlglot_parse(frag.duckdb_sql, read="duckdb"), catalog.governor.coordinator,
+                                                    planner._canonical, catalog.live)
+            frag.duckdb_sql = governed.sql("duckdb")
     plan.sql = sql
     plan.bind_sql = bind_sql
     plan.plan_seconds = time.perf_counter() - started
@@ -311,6 +321,13 @@ class _Planner:
                 if r not in wanted and pinned:
                     candidates.remove(r)
                     pruned[r] = f"region filter keeps only {', '.join(sorted(wanted)) or 'no region'}"
+        governor = self.catalog.governor
+        if governor is not None:
+            for r in list(candidates):
+                pinned = all(t in self.catalog.regions[r].region_pinned for _, t in tables)
+                if pinned and not governor.region_allowed(r):
+                    candidates.remove(r)
+                    pruned[r] = f"role {governor.role} has no row access in {r}"
         return candidates, pruned
 
     def _region_predicate(self, conjuncts: list[exp.Expression], aliases: dict[str, str]) -> set[str] | None:
@@ -413,6 +430,9 @@ class _Planner:
             engines = {self.catalog.engine_of(r, t) for t in tables}
             engine = engines.pop() if len(engines) == 1 else target.engine
             broadcast: set[str] = set()
+            decisions: list[dict[str, Any]] = []
+            if self.catalog.governor is not None:  # masks, row access, residency: inside the region's SQL
+                copy, decisions = self.catalog.governor.fragment(copy, r, self._canonical, self.catalog.live)
             for t in list(copy.find_all(exp.Table)):
                 hit = self._canonical(t)
                 if hit is not None:
@@ -421,7 +441,11 @@ class _Planner:
                     broadcast.add(t.name)
                     t.replace(self._broadcast_ref(target, engine, t))
             dialect = "bigquery" if engine == BIGQUERY else "duckdb"
-            out.append(RegionQuery(r, engine, copy.sql(dialect), sorted(set(tables)), sorted(broadcast)))
+            if decisions and engine == BIGQUERY:
+                from skyfed.query.governed import to_bigquery_masks
+
+                copy = to_bigquery_masks(copy)
+            out.append(RegionQuery(r, engine, copy.sql(dialect), sorted(set(tables)), sorted(broadcast), policy=decisions))
         return out
 
     def _broadcast_ref(self, target: RegionTarget, engine: str, t: exp.Table) -> exp.Table:
