@@ -139,7 +139,8 @@ def _residency(tree: exp.Expression, governed: dict[str, Contract], masks: dict[
     guards: dict[int, tuple[int, str, str]] = {}
     k = gov.residency.min_group_size
     allowed = (f"aggregates (COUNT, SUM, AVG, STDDEV, VARIANCE) of the column in the SELECT list, "
-               f"released only for groups of at least {k} rows, e.g. SELECT region, COUNT(DISTINCT col) ... GROUP BY region")
+               f"released only for groups of at least {k} rows, e.g. SELECT region, COUNT(col) ... GROUP BY region; "
+               f"COUNT(DISTINCT col) only inside the column's own region (use it as --coordinator)")
     for scope in traverse_scope(qualified):
         for star in scope.expression.find_all(exp.Star):
             if isinstance(star.parent, exp.Count) or star.find_ancestor(exp.Select) is not scope.expression:
