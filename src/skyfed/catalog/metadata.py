@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
@@ -58,6 +59,7 @@ def prepare(url: str) -> str:
 
 _ENGINES: dict[str, sa.Engine] = {}
 _CREATED: set[tuple[str, int]] = set()
+_LOCK = threading.Lock()  # model builds run in threads
 
 
 def engine_for(meta: sa.MetaData, url: str | None = None) -> sa.Engine:
@@ -68,19 +70,20 @@ def engine_for(meta: sa.MetaData, url: str | None = None) -> sa.Engine:
     fails, so the check is repeated a few times before giving up.
     """
     chosen = metadata_url(url)
-    eng = _ENGINES.get(chosen)
-    if eng is None:
-        args = {"timeout": 30} if is_sqlite(chosen) else {}  # wait for a concurrent writer instead of failing
-        eng = _ENGINES[chosen] = sa.create_engine(prepare(chosen), connect_args=args)
-    if (chosen, id(meta)) not in _CREATED:
-        for attempt in range(5):
-            try:
-                meta.create_all(eng)
-                break
-            except DBAPIError:
-                if attempt == 4:
-                    raise
-        _CREATED.add((chosen, id(meta)))
+    with _LOCK:
+        eng = _ENGINES.get(chosen)
+        if eng is None:
+            args = {"timeout": 30} if is_sqlite(chosen) else {}  # wait for a concurrent writer instead of failing
+            eng = _ENGINES[chosen] = sa.create_engine(prepare(chosen), connect_args=args)
+        if (chosen, id(meta)) not in _CREATED:
+            for attempt in range(5):
+                try:
+                    meta.create_all(eng)
+                    break
+                except DBAPIError:
+                    if attempt == 4:
+                        raise
+            _CREATED.add((chosen, id(meta)))
     return eng
 
 
