@@ -162,7 +162,7 @@ def run_cmd(
     spec: Path = typer.Option(None, "--spec", help="Platform spec (default: $SKYFED_SPEC or examples/airline/skyfed.yaml)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
-    """Start the local federation, seed the airline world, show what is where, ingest it (`make demo`)."""
+    """Start the local federation, seed the airline world, ingest it, build the airline models (`make demo`)."""
     import os
 
     from skyfed import localenv
@@ -170,6 +170,9 @@ def run_cmd(
     from skyfed.demo.verify import verify_against_truth
     from skyfed.home import state_dir
     from skyfed.ingest.batch import ingest
+    from skyfed.pipelines.report import print_summary, write_report
+    from skyfed.pipelines.runner import BAD, default_models_dir
+    from skyfed.pipelines.runner import run as run_models
     from skyfed.spec import load_spec
 
     spec_path = spec or Path(os.environ.get("SKYFED_SPEC") or EXAMPLE_SPEC)
@@ -195,13 +198,24 @@ def run_cmd(
         "failures": [{"mapping": m.name, "error": e.message} for m, e in failures],
         "verification": verify_against_truth(platform, state_dir()),
     }
-    if as_json:
-        emit({"seed": result, "show": inv, "ingest": report}, True, lambda _: None)
-    else:
+    if not as_json:
         _render_ingest(report)
+        err.print("[bold]building the airline models (route profitability, fuel efficiency, satisfaction)[/] …")
+    models = run_models(platform, default_models_dir(spec_path), full_refresh=True)
+    report_path = write_report()
+    if as_json:
+        emit({"seed": result, "show": inv, "ingest": report, "models": models, "report": str(report_path)}, True,
+             lambda _: None)
+    else:
+        print_summary(5, out)
+        for row in models["results"]:
+            if row["status"] in BAD:
+                err.print(f"[bold red]model {row['model']}: {row['status']}[/] {row.get('detail') or ''}", highlight=False)
+        out.print(f"report: {report_path}")
         out.print(
             "next: skyfed quarantine list --spec examples/airline/skyfed.yaml · "
-            "skyfed ingest --spec examples/airline/skyfed.yaml (incremental: loads nothing new) · skyfed down"
+            "skyfed ingest --spec examples/airline/skyfed.yaml (incremental: loads nothing new) · "
+            "skyfed shell --spec examples/airline/skyfed.yaml · skyfed down"
         )
-    if not inv["ok"] or failures or not all(r["identical"] for r in report["verification"]):
+    if not inv["ok"] or failures or not all(r["identical"] for r in report["verification"]) or not models["ok"]:
         raise typer.Exit(1)
