@@ -37,6 +37,9 @@ def test_record_and_filter(home: Path) -> None:
     assert store.search(table="leg") == []
     assert store.search(since=datetime.now(UTC) + timedelta(minutes=1)) == []
     assert [r["kind"] for r in store.search(kind="run")] == ["run"]
+    record_run("run-2", kind="model", tables=["route_profitability"], actor="pipelines", rows=4)
+    assert [r["actor"] for r in store.search(kind="model")] == ["pipelines"]
+    assert [r["actor"] for r in store.search(kind="ingest")] == ["ingest"]
 
 
 def test_hooks_record_lineage_audit_and_refusals(home: Path, tmp_path: Path, monkeypatch) -> None:

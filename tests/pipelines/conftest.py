@@ -39,7 +39,7 @@ def world(federation, tmp_path_factory) -> Iterator[World]:
     saved = os.environ.get("SKYFED_HOME")
     os.environ["SKYFED_HOME"] = str(home)
     try:
-        seed(WorldConfig(flights=500, seed=23, days=100), home)  # Jan 1 - Apr 9, 2024 (na gains tail_number Apr 1)
+        seed(WorldConfig(flights=200, seed=23, days=100), home)  # Jan 1 - Apr 9, 2024 (na gains tail_number Apr 1)
         spec = load_spec(EXAMPLE)
         _, _, failures = ingest(spec, full_refresh=True)
         assert failures == [], [(m.name, e.message) for m, e in failures]
@@ -49,3 +49,24 @@ def world(federation, tmp_path_factory) -> Iterator[World]:
             os.environ.pop("SKYFED_HOME", None)
         else:
             os.environ["SKYFED_HOME"] = saved
+
+
+GOVERNANCE = EXAMPLE.parent / "skyfed.governance.yaml"
+
+
+@pytest.fixture
+def cli():
+    """`skyfed ARGS...` in this process (typer's runner): the same entry point as a subprocess
+    without a new interpreter; use run_cli where the process itself matters (kill -9, signals)."""
+    from typer.testing import CliRunner
+
+    from skyfed.cli import _register, app
+
+    _register()
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        res = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        return res.exit_code, res.stdout, res.stderr
+
+    return invoke

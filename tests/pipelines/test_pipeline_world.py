@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import EXAMPLE, MODELS
+from conftest import EXAMPLE, GOVERNANCE, MODELS
 from pipeline_truth import (
     ROUTE,
     assert_frames_match,
@@ -30,10 +30,11 @@ def test_airline_models_equal_ground_truth(world) -> None:
     project = load_project(MODELS)
     assert set(project.models) >= {"route_profitability", "fuel_efficiency", "customer_satisfaction", "route_scorecard"}
     assert project.models["route_scorecard"].depends_on == ["customer_satisfaction", "route_profitability"]
-    out = run(world.spec, project)
+    out = run(world.spec, project, governance=GOVERNANCE)  # governed: the builds read as the default role
     assert out["ok"], [(r["model"], r["detail"]) for r in out["results"]]
     by = {r["model"]: r for r in out["results"]}
     assert all(by[m]["status"] == "ok" for m in by), by
+    assert by["route_profitability"]["detail"]["parts"]["eu"]["role"] == "anonymous"
 
     assert_frames_match(_read("route_profitability"), route_profitability(world.truth_dir), ROUTE,
                         ["flights", "revenue_usd", "cost_usd", "margin_usd"])  # fmt: skip
@@ -51,6 +52,62 @@ def test_airline_models_equal_ground_truth(world) -> None:
 
     again = run(world.spec, project)
     assert {r["status"] for r in again["results"]} == {"skipped"}, [(r["model"], r["status"]) for r in again["results"]]
+
+
+def test_models_read_as_their_role(world, tmp_path, monkeypatch) -> None:
+    """Masks and row filters of the model's role apply inside the build's regional SQL; residency too."""
+    import polars as pl
+
+    from skyfed.catalog import audit as store
+
+    models = tmp_path / "models"
+    models.mkdir()
+    sql = "SELECT booking_id, region, email, phone, passenger_name FROM booking"
+    # regional: each part is built inside its region, where row-level PII may stay (masked by the role)
+    (models / "contacts_analyst.sql").write_text(f"/* config\nrole: analyst\nplacement: regional\n*/\n{sql}\n")
+    (models / "contacts_support.sql").write_text(f"/* config\nrole: support_eu\nplacement: regional\n*/\n{sql}\n")
+    (models / "contacts_default.sql").write_text(f"{sql}\n")  # global, the default role: classified columns NULL
+    # global with restricted raw values: they would leave their regions, so the residency policy refuses it
+    (models / "contacts_global.sql").write_text(f"/* config\nrole: analyst\n*/\n{sql}\n")
+    monkeypatch.setenv("SKYFED_MASK_SALT", "pipelines-test-salt")
+    out = run(world.spec, load_project(models), governance=GOVERNANCE)
+    by = {r["model"]: r for r in out["results"]}
+    refused = by.pop("contacts_global")
+    assert refused["status"] == "failed" and "residency" in refused["detail"]["error"], refused
+    assert state.current("contacts_global") is None
+    assert {r["status"] for r in by.values()} == {"ok"}, by
+    truth = pl.read_parquet(world.truth_dir / "booking.parquet").sort("booking_id")
+
+    analyst = pl.from_arrow(_read("contacts_analyst")).sort("booking_id")
+    assert analyst["booking_id"].to_list() == truth["booking_id"].to_list()
+    assert analyst["email"].null_count() == 0 and not set(analyst["email"]) & set(truth["email"]), "emails must be hashed"
+    assert analyst["email"].n_unique() == truth["email"].n_unique()  # a salted hash: same email, same value
+    assert analyst["passenger_name"].n_unique() == 1 and not set(analyst["passenger_name"]) & set(truth["passenger_name"])
+    assert [a[-4:] for a in analyst["phone"].drop_nulls()] == [t[-4:] for t in truth["phone"].drop_nulls()]
+    assert not set(analyst["phone"]) & set(truth["phone"]), "phones must be partial"
+
+    support = pl.from_arrow(_read("contacts_support")).sort("booking_id")
+    eu = truth.filter(pl.col("region") == "eu")
+    assert support["booking_id"].to_list() == eu["booking_id"].to_list(), "support_eu sees European rows only"
+    assert support["email"].to_list() == eu["email"].to_list(), "support_eu reads emails in clear"
+
+    default = pl.from_arrow(_read("contacts_default"))
+    assert default.height == truth.height and default["email"].null_count() == default.height  # anonymous: NULL
+
+    events = [e for e in store.search(kind="run", limit=200) if (e["detail"] or {}).get("run_id", "").startswith(out["run_id"])]
+    roles = {e["detail"]["model"]: e["detail"]["role"] for e in events}
+    assert roles == {"contacts_analyst": "analyst", "contacts_support": "support_eu", "contacts_default": "anonymous",
+                     "contacts_global": "analyst"}
+    assert {e["status"] for e in events if e["detail"]["model"] == "contacts_global"} == {"failed"}
+
+
+def test_unknown_role_fails_the_model(world, tmp_path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "m.sql").write_text("/* config\nrole: nobody\n*/\nSELECT region, count(*) AS n FROM flight_leg GROUP BY region\n")
+    out = run(world.spec, load_project(models), governance=GOVERNANCE)
+    row = out["results"][0]
+    assert not out["ok"] and row["status"] == "failed" and "nobody" in row["detail"]["error"], row
 
 
 # --------------------------------------------------------------------------- serving, report, shell
@@ -381,29 +438,52 @@ def test_a_crash_never_leaves_a_half_build(world, run_cli) -> None:
 # --------------------------------------------------------------------------- the CLI
 
 
-def test_cli_run_report_shell_backfill(world, run_cli, tmp_path) -> None:
+def _names(node: dict) -> set[str]:
+    return {node["name"]} | {n for c in node["children"] for n in _names(c)}
+
+
+def test_cli_run_lineage_audit_report_shell_backfill(world, cli, tmp_path) -> None:
     import json
 
     spec = str(EXAMPLE)
-    res = run_cli("run", "--select", "+route_scorecard", "--spec", spec, "--json")
-    assert res.code == 0, res.stderr
-    data = json.loads(res.stdout)
+    code, stdout, stderr = cli("run", "--select", "+route_scorecard", "--spec", spec, "--json", "--full-refresh")
+    assert code == 0, stderr
+    data = json.loads(stdout)
     assert [r["model"] for r in data["results"]][-1] == "route_scorecard"
     assert {r["status"] for r in data["results"]} <= {"ok", "skipped"}
+    # lineage: a model column goes back to the canonical columns, the regions' tables and the sources
+    code, stdout, stderr = cli("lineage", "route_profitability.margin_usd", "--upstream", "--spec", spec, "--json")
+    assert code == 0, stderr
+    names = _names(json.loads(stdout))
+    assert {"flight_leg.revenue_usd", "flight_leg.cost_usd", "eu.flight_leg.revenue_usd"} <= names, names
+    assert "flight_leg.fuel_kg" not in names
+    assert any(n.startswith("latam.") and n.count(".") == 3 for n in names), names  # a source column
+    code, stdout, stderr = cli("lineage", "route_scorecard", "--upstream", "--spec", spec, "--json")
+    assert code == 0 and {"route_profitability", "customer_satisfaction"} <= _names(json.loads(stdout))
+    # audit: every build of the run, with what it read and wrote
+    code, stdout, stderr = cli("audit", "--kind", "run", "--json", "--limit", "500")
+    assert code == 0, stderr
+    builds = {e["detail"]["model"]: e for e in json.loads(stdout)
+              if e["detail"].get("run_kind") == "model" and e["detail"]["run_id"].startswith(data["run_id"])}  # fmt: skip
+    assert set(builds) == {r["model"] for r in data["results"]}, builds.keys()
+    rp = builds["route_profitability"]
+    assert {"flight_leg", "eu.flight_leg", "route_profitability"} <= set(rp["tables"]) and rp["status"] == "ok"
+    assert rp["rows"] == next(r["rows"] for r in data["results"] if r["model"] == "route_profitability")
+    assert builds["route_scorecard"]["detail"]["reads"] == ["customer_satisfaction", "route_profitability"]
     from skyfed.errors import SkyfedError
     from skyfed.pipelines.runner import backfill
 
     with pytest.raises(SkyfedError, match="cannot be backfilled"):
         backfill(world.spec, load_project(MODELS), "customer_satisfaction", "2024-01-01", "2024-02-01")
-    res = run_cli("report", "--out", str(tmp_path / "r.html"), "--json")
-    assert res.code == 0, res.stderr
-    rep = json.loads(res.stdout)
+    code, stdout, stderr = cli("report", "--out", str(tmp_path / "r.html"), "--json")
+    assert code == 0, stderr
+    rep = json.loads(stdout)
     assert len(rep["top_routes"]) == 5 and (tmp_path / "r.html").exists()
-    res = run_cli("shell", "--spec", spec, "-e", ".models", "-e", "SELECT count(*) AS n FROM route_scorecard")
-    assert res.code == 0, res.stderr
-    assert "route_scorecard: table, global" in res.stdout and "1 rows" in res.stdout
-    res = run_cli("shell", "--spec", spec, "-e", "SELECT * FROM nowhere")
-    assert res.code == 1 and "unknown table" in res.stdout
+    code, stdout, stderr = cli("shell", "--spec", spec, "-e", ".models", "-e", "SELECT count(*) AS n FROM route_scorecard")
+    assert code == 0, stderr
+    assert "route_scorecard: table, global" in stdout and "1 rows" in stdout
+    code, stdout, stderr = cli("shell", "--spec", spec, "-e", "SELECT * FROM nowhere")
+    assert code == 1 and "unknown table" in stdout
 
 
 def test_cli_schedule_stops_on_sigterm(world) -> None:

@@ -62,7 +62,9 @@ def search(
         q = q.where(audit_log.c.at >= since)
     if actor:
         q = q.where(audit_log.c.actor == actor)
-    if kind:
+    if kind in ("model", "ingest"):  # runs keep their kind in the detail JSON
+        q = q.where(audit_log.c.kind == "run").where(audit_log.c.detail.like(f'%"run_kind": "{kind}"%'))
+    elif kind:
         q = q.where(audit_log.c.kind == kind)
     if table:
         q = q.where(audit_log.c.tables.like(f'%{table}"%'))

@@ -186,7 +186,7 @@ def audit(
     since: str = typer.Option(None, "--since", help="Only events after this: 2h, 7d or an ISO date."),
     user: str = typer.Option(None, "--user", help="Only this actor."),
     table: str = typer.Option(None, "--table", help="Only events that touched this table."),
-    kind: str = typer.Option(None, "--kind", help="query or run."),
+    kind: str = typer.Option(None, "--kind", help="query, run, model or ingest."),
     limit: int = typer.Option(100, "--limit", min=1),
     as_json: bool = JsonOption,
 ) -> None:

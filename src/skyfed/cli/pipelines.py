@@ -23,6 +23,13 @@ def _project(spec_path: str | None, models: str | None) -> Any:
     return load_project(Path(models) if models else default_models_dir(spec_path))
 
 
+def _spec_path(spec: str | None) -> str:
+    """The spec's path as load_spec finds it (the governance file is looked up beside it)."""
+    import os
+
+    return spec or os.environ.get("SKYFED_SPEC") or "skyfed.yaml"
+
+
 def _render_run(data: dict[str, Any]) -> None:
     view = Table(title=f"run {data['run_id']} ({data['seconds']:.1f} s)")
     for col in ("model", "status", "action", "rows", "s", "note"):
@@ -63,7 +70,8 @@ def run(
     project = _project(spec, models_dir)
     chosen = project.select(models or None, select or None)
     err.print(f"[dim]building {len(chosen)} model(s): {', '.join(chosen)}[/]", highlight=False)
-    _finish(run_models(s, project, models or None, select or None, full_refresh=full_refresh, parallel=parallel), as_json)
+    _finish(run_models(s, project, models or None, select or None, full_refresh=full_refresh, parallel=parallel,
+                       spec_path=_spec_path(spec)), as_json)  # fmt: skip
 
 
 @app.command()
@@ -78,7 +86,7 @@ def backfill(
     """Recompute one model over [--from, --to) and merge it into its materialization."""
     from skyfed.pipelines.runner import backfill as do_backfill
 
-    _finish(do_backfill(load(spec), _project(spec, models_dir), model, start, end), as_json)
+    _finish(do_backfill(load(spec), _project(spec, models_dir), model, start, end, spec_path=_spec_path(spec)), as_json)
 
 
 @app.command()
@@ -105,7 +113,7 @@ def schedule(
         sys.stderr.write(json.dumps(event, default=str) + "\n")
         sys.stderr.flush()
 
-    sched = Scheduler(project, functools.partial(run_models, s, project, fed=fed), backoff=backoff, on_event=on_event)
+    sched = Scheduler(project, functools.partial(run_models, s, project, fed=fed, spec_path=_spec_path(spec)), backoff=backoff, on_event=on_event)
     previous = {sig: signal.signal(sig, lambda *_: sched.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if once:

@@ -48,11 +48,17 @@ class Context:
     clock: Any = time.time
     attempt: int = 1
     version_timeout: float = 10.0
+    governance: Any = None  # skyfed.pipelines.governed.Policies: the role each model reads as
     _versions: dict[str, Any] = field(default_factory=dict)  # region -> {table: version} cache for this run
 
     @property
     def catalog(self) -> Any:
         return self.fed.catalog
+
+    def fed_for(self, model: Model, region: str | None = None) -> Any:
+        """The federation as `model`'s role sees it, coordinated in `region` for a regional part
+        (the run's own when nothing is governed)."""
+        return self.governance.federation(self.fed, model, region) if self.governance is not None else self.fed
 
 
 # ----------------------------------------------------------------------------- SQL resolution
@@ -87,8 +93,10 @@ def split_refs(tree: exp.Expression, project: Project, catalog: Any) -> tuple[se
     return models, fed
 
 
-def execute(ctx: Context, tree: exp.Expression, allow_partial: bool) -> tuple[pa.Table, list[dict[str, str]], dict[str, Any]]:
-    """Run resolved SQL: over materialized models in the local warehouse, else federated.
+def execute(ctx: Context, tree: exp.Expression, allow_partial: bool,
+            model: Model | None = None, region: str | None = None) -> tuple[pa.Table, list[dict[str, str]], dict[str, Any]]:  # fmt: skip
+    """Run resolved SQL: over materialized models in the local warehouse, else federated (as `model`'s
+    role, coordinated in `region` for a regional part).
 
     Returns (table, missing regions, info). Mixing models and federation tables is refused.
     """
@@ -115,10 +123,14 @@ def execute(ctx: Context, tree: exp.Expression, allow_partial: bool) -> tuple[pa
         finally:
             con.close()
         return table, [], {"engine": "warehouse", "models": sorted(models)}
-    result = ctx.fed.query(sql, allow_partial=allow_partial, use_cache=False)
+    fed = ctx.fed_for(model, region) if model is not None else ctx.fed
+    result = fed.query(sql, allow_partial=allow_partial, use_cache=False)
     rep = result.report
-    return result.arrow(), list(result.missing), {"engine": "federated", "strategy": rep.strategy,
-                                                   "bytes_shipped": rep.bytes_shipped, "rows_shipped": rep.rows_shipped}
+    info = {"engine": "federated", "strategy": rep.strategy, "bytes_shipped": rep.bytes_shipped,
+            "rows_shipped": rep.rows_shipped}  # fmt: skip
+    if getattr(fed, "role", None):
+        info["role"] = fed.role
+    return result.arrow(), list(result.missing), info
 
 
 def regionalize(tree: exp.Expression, region: str, catalog: Any) -> exp.Expression:
@@ -354,7 +366,7 @@ def _build(ctx: Context, model: Model, *, full_refresh: bool, backfill: tuple[An
                 tree = with_filter(tree, f"{cfg.updated_column} > {lit}")
                 pdetail["watermark"] = str(mark)
         pdetail["action"] = action
-        table, missing, info = execute(ctx, tree, allow_partial=True)
+        table, missing, info = execute(ctx, tree, allow_partial=True, model=model, region=part if regional else None)
         pdetail.update(info)
         if missing:
             what = "; ".join(f"{m['region']}: {m['error']}" for m in missing)

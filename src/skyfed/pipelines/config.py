@@ -12,6 +12,7 @@
     period: month                     # hour | day | month | year
     source_time_column: dep_time_utc  # input column the period is derived from (filter pushed into regions)
     on_region_failure: stale          # stale | partial | fail
+    role: analyst                     # governance role the build reads as (default: see pipelines.governed)
     */
 
 Kept beside the SQL (not in the platform spec) so a model is one reviewable file.
@@ -71,6 +72,7 @@ class ModelConfig(BaseModel):
     lookback: int = Field(0, ge=0)
     on_region_failure: Literal["stale", "partial", "fail"] = "stale"
     retries: int = Field(2, ge=0, le=10)
+    role: str | None = None  # the governance role the build's federated SQL runs as (masks, row filters, residency)
 
     @field_validator("schedule")
     @classmethod

@@ -35,16 +35,23 @@ def federation(spec: Any, timeout: float | None = None) -> Any:
 def run(spec: Any, project: Project | str | Path, names: list[str] | None = None, selectors: list[str] | None = None, *,
         full_refresh: bool = False, backfill: tuple[Any, Any] | None = None, trigger: str = "run",
         parallel: int = DEFAULT_PARALLEL, fed: Any = None, clock: Callable[[], float] = time.time, attempt: int = 1,
-        run_id: str | None = None, on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:  # fmt: skip
+        run_id: str | None = None, on_done: Callable[[dict[str, Any]], None] | None = None,
+        governance: Any = None, spec_path: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Build the selected models; returns {run_id, results: [run record per model], ok}.
 
     A model whose upstream failed in this run is not built (status upstream_failed).
+    Federated SQL runs as each model's governance role (pipelines.governed): `governance` is the
+    governance file (a path or a Governance), else the one found beside `spec_path` / $SKYFED_SPEC
+    (or $SKYFED_GOVERNANCE). Every build then gets its lineage event and audit record (records.py).
     """
+    from skyfed.pipelines.governed import Policies
+    from skyfed.pipelines.records import record_build
+
     if not isinstance(project, Project):
         project = load_project(project)
     chosen = project.select(names, selectors)
     ctx = Context(spec=spec, fed=fed or federation(spec), project=project, run_id=run_id or uuid.uuid4().hex[:16],
-                  trigger=trigger, clock=clock, attempt=attempt)  # fmt: skip
+                  trigger=trigger, clock=clock, attempt=attempt, governance=Policies(governance, spec_path))  # fmt: skip
     ctx.version_timeout = min(ctx.version_timeout, float(getattr(ctx.fed, "timeout", 10.0)))
     graph = {n: [d for d in project.models[n].depends_on if d in chosen] for n in chosen}
     sorter = graphlib.TopologicalSorter(graph)
@@ -64,6 +71,7 @@ def run(spec: Any, project: Project | str | Path, names: list[str] | None = None
                            "status": "upstream_failed", "started_at": state.now(), "finished_at": state.now(),
                            "detail": {"error": f"upstream {', '.join(bad)} failed"}}  # fmt: skip
                     state.record_run(row)
+                    record_build(ctx, project.models[name], row)
                     results[name] = row
                     failed.add(name)
                     sorter.done(name)
@@ -78,6 +86,7 @@ def run(spec: Any, project: Project | str | Path, names: list[str] | None = None
             for fut in done:
                 name = running.pop(fut)
                 row = fut.result()
+                record_build(ctx, project.models[name], row)
                 results[name] = row
                 if row["status"] in BAD:
                     failed.add(name)
