@@ -38,7 +38,9 @@ def harmonized(small_world: World, spec: dict) -> dict[str, list[tuple[dict, hr.
     gcs_tables = spec["regions"]["na"]["sources"]["exports"]["tables"]
     out: dict[str, list] = {}
     for mp in spec["mappings"]:
-        region = mp["source"].split(".")[0]
+        region, source = mp["source"].split(".")
+        if spec["regions"][region]["sources"][source]["kind"] == "pubsub":
+            continue  # streaming only (na.events): no table in the generated world
         contract = hr.contract_from_yaml(mp["contract"], spec["contracts"][mp["contract"]])
         malformed = None
         if small_world.regions[region].kind == "gcs":

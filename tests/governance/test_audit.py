@@ -63,7 +63,7 @@ def test_hooks_record_lineage_audit_and_refusals(home: Path, tmp_path: Path, mon
         ensure_contracts(bad, str(spec_path))
     assert len(registry.history("booking")) == 1
 
-    after_ingest(spec, "eu_bookings", "run-1", "ok", 5)
+    assert after_ingest(spec, "eu_bookings", "run-1", "ok", 5) is None
     runs_ = store.search(kind="run")
     assert runs_[0]["tables"] == ["eu.booking", "eu.ops.bookings"] and runs_[0]["rows"] == 5
     assert any(e.dst == "eu.booking.email" and e.src == "eu.ops.bookings.mail" for e in recorded_edges())
@@ -75,3 +75,17 @@ def test_hooks_record_lineage_audit_and_refusals(home: Path, tmp_path: Path, mon
     with pytest.raises(PolicyRefusal):
         govern_query("DELETE FROM booking", spec, "analyst", str(spec_path))
     assert [r["status"] for r in store.search(kind="query")] == ["refused"]
+
+
+def test_after_ingest_reports_a_dead_lineage_endpoint_instead_of_failing_the_run(home: Path, monkeypatch) -> None:
+    import socket
+
+    from skyfed.governance.hooks import after_ingest
+    from tests.governance.conftest import make_spec
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("OPENLINEAGE_URL", f"http://127.0.0.1:{port}")
+    problem = after_ingest(make_spec(), "eu_bookings", "run-9", "ok", 5)
+    assert problem is not None and problem.startswith("lineage/audit record not written")

@@ -415,6 +415,31 @@ def test_new_source_column_is_named_in_the_notes(faults, committed) -> None:
     assert error is None, error
     assert result.rows_read == 3 and result.rows_loaded == 3
     assert any("gate" in n and "not used by the mapping" in n for n in result.notes), result.notes
+    assert any(n.startswith("drift (evolve)") and "gate" in n for n in result.notes), result.notes
+
+
+def test_drift_rules_of_the_governance_file_apply_to_batch_runs(faults, committed, monkeypatch) -> None:
+    """freeze refuses a new source column and commits nothing; discard_row quarantines the rows that use it."""
+    with pg_connect(DATABASE) as con:
+        con.execute("ALTER TABLE legs ADD COLUMN IF NOT EXISTS stand text")
+        con.execute("UPDATE legs SET stand = CASE WHEN id <= 2 THEN 'S1' END, updated_at = updated_at + interval '1 day' "
+                    "WHERE id <= 4")  # fmt: skip
+    governance = faults.home / "drift.governance.yaml"
+    monkeypatch.setenv("SKYFED_GOVERNANCE", str(governance))
+
+    governance.write_text("drift:\n  mappings:\n    pg_legs: {columns: freeze}\n", encoding="utf-8")
+    before = faults.state("latam", "pg_legs")
+    result, error = faults.run("pg_legs")
+    assert result is None and "stand" in error.message, error
+    assert faults.state("latam", "pg_legs") == before
+
+    governance.write_text("drift:\n  mappings:\n    pg_legs: {columns: discard_row}\n", encoding="utf-8")
+    result, error = faults.run("pg_legs")
+    assert error is None, error
+    assert result.rows_read == 4 and result.rows_quarantined == 2 and result.rows_loaded == 2, result.to_dict()
+    assert any("drift (discard_row)" in n and "stand" in n for n in result.notes), result.notes
+    stored = [q for q in quarantine_rows(faults.spec, "latam", "pg_legs") if "stand" in (q["reason"] or "")]
+    assert len(stored) == 2, stored
 
 
 def test_mapping_with_a_missing_column_fails_with_a_suggestion(faults, committed) -> None:

@@ -6,8 +6,11 @@ store), the GCS emulator (na); Iceberg tables in a local warehouse.
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
 from collections import Counter
+from pathlib import Path
 
 import psycopg
 import pyarrow as pa
@@ -34,15 +37,41 @@ def truth(world, region: str, contract: str) -> pa.Table:
     return table.sort_by([(k, "ascending") for k in key]).cast(contract_schema(world.spec.contracts[contract]))
 
 
+STREAMING_ONLY = {"na_flight_events"}  # the na `events` Pub/Sub source: `skyfed stream` reads it
+
+
 @pytest.fixture(scope="module")
 def first_run(seeded_world):
     run_id, results, failures = ingest(seeded_world.spec, full_refresh=True)
     assert failures == [], [(m.name, e.message) for m, e in failures]
-    return {r.mapping: r for r in results}
+    skipped = {r.mapping: r for r in results if r.status == "skipped"}
+    assert set(skipped) == STREAMING_ONLY, [(r.mapping, r.status) for r in results]
+    return {r.mapping: r for r in results if r.status != "skipped"}
+
+
+def test_streaming_only_mappings_are_skipped_with_a_note_unless_named(seeded_world, first_run) -> None:
+    _, results, failures = ingest(seeded_world.spec)
+    (skipped,) = [r for r in results if r.mapping == "na_flight_events"]
+    assert skipped.status == "skipped" and skipped.rows_read == 0
+    assert any("Pub/Sub" in n and "skyfed stream" in n for n in skipped.notes), skipped.notes
+    _, results, failures = ingest(seeded_world.spec, ["na_flight_events"])
+    assert results == []
+    ((mapping, error),) = failures
+    assert mapping.name == "na_flight_events" and "skyfed stream" in (error.hint or ""), error
+
+
+def test_every_run_emits_openlineage_events(seeded_world, first_run) -> None:
+    from skyfed.governance.lineage import events_path
+
+    events = [json.loads(line) for line in Path(events_path()).read_text().splitlines() if line.strip()]
+    seen = {(e["job"]["name"], e["run"]["runId"], e["eventType"]) for e in events}
+    for r in first_run.values():  # OpenLineage wants a UUID: the run id is turned into one per job
+        run_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"skyfed:{r.mapping}:{r.run_id}"))
+        assert (r.mapping, run_uuid, "COMPLETE") in seen, r.mapping
 
 
 def test_every_mapping_ran_and_accounts_for_every_row(seeded_world, first_run) -> None:
-    assert set(first_run) == {m.name for m in seeded_world.spec.mappings}
+    assert set(first_run) == {m.name for m in seeded_world.spec.mappings} - STREAMING_ONLY
     for r in first_run.values():
         assert r.rows_read > 0, r.mapping
         assert r.rows_read == r.rows_loaded + r.rows_quarantined + r.rows_filtered, r.to_dict()
@@ -80,6 +109,7 @@ def test_quarantine_counts_match_the_expected_records(seeded_world, first_run) -
     want_by_mapping = {
         m.name: want[(m.source.split(".")[0], m.table)]
         for m in seeded_world.spec.mappings
+        if m.name not in STREAMING_ONLY
     }
     got_by_mapping = {m: r.rows_quarantined for m, r in first_run.items()}
     assert got_by_mapping == want_by_mapping
@@ -106,6 +136,8 @@ def test_second_run_loads_nothing_and_says_so(seeded_world, first_run) -> None:
     _, results, failures = ingest(seeded_world.spec)
     assert not failures
     for r in results:
+        if r.mapping in STREAMING_ONLY:
+            continue
         assert r.rows_read == 0 and r.rows_loaded == 0, r.to_dict()
         assert r.status == "no_new_data"
     after = {

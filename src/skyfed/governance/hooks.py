@@ -34,13 +34,21 @@ def ensure_contracts(spec: PlatformSpec, spec_path: str | None) -> dict[str, int
     return {c.name: int(c.version or 0) for c in report.contracts}
 
 
-def after_ingest(spec: PlatformSpec, mapping_name: str, run_id: str, status: str, rows_loaded: int | None) -> None:
-    """Emit the run's OpenLineage event and its audit record."""
-    ingest_lineage(spec, mapping_name, run_id, status=status)
-    m = next(m for m in spec.mappings if m.name == mapping_name)
-    region = m.source.split(".")[0]
-    record_run(f"{run_id}:{mapping_name}", kind="ingest", tables=[f"{m.source}.{m.table}", f"{region}.{m.contract}"],
-               actor=None, rows=rows_loaded, status=status, detail={"mapping": mapping_name})
+def after_ingest(spec: PlatformSpec, mapping_name: str, run_id: str, status: str, rows_loaded: int | None) -> str | None:
+    """Emit the run's OpenLineage event and its audit record; returns a problem, never raises.
+
+    The run's data is already committed when this is called, so a lineage endpoint that
+    is down must not turn a good run into a failed one: the caller reports the problem.
+    """
+    try:
+        ingest_lineage(spec, mapping_name, run_id, status=status)
+        m = next(m for m in spec.mappings if m.name == mapping_name)
+        region = m.source.split(".")[0]
+        record_run(f"{run_id}:{mapping_name}", kind="ingest", tables=[f"{m.source}.{m.table}", f"{region}.{m.contract}"],
+                   actor=None, rows=rows_loaded, status=status, detail={"mapping": mapping_name})
+    except Exception as exc:  # noqa: BLE001 (any transport or database error is reported, not raised)
+        return f"lineage/audit record not written: {type(exc).__name__}: {exc}"
+    return None
 
 
 def govern_query(sql: str, spec: PlatformSpec, role: str, spec_path: str | None = None,

@@ -7,9 +7,10 @@ from collections.abc import Callable, Sequence
 
 from skyfed.catalog import runs
 from skyfed.errors import SkyfedError
+from skyfed.governance.hooks import after_ingest
 from skyfed.ingest.runner import MappingResult, run_mapping
 from skyfed.spec.issues import nearest
-from skyfed.spec.models import Mapping, PlatformSpec
+from skyfed.spec.models import Mapping, PlatformSpec, PubSubSource
 
 ProgressFactory = Callable[[Mapping], Callable[[int, int | None], None]]
 
@@ -36,6 +37,19 @@ def select_mappings(spec: PlatformSpec, selectors: Sequence[str] = ()) -> list[M
     return chosen
 
 
+def streaming_only(spec: PlatformSpec, mapping: Mapping) -> bool:
+    """Whether the mapping reads a Pub/Sub source, which only `skyfed stream` reads."""
+    region, _, source = mapping.source.partition(".")
+    return isinstance(spec.regions[region].sources[source], PubSubSource)
+
+
+def _skipped(mapping: Mapping, run_id: str) -> MappingResult:
+    region = mapping.source.split(".")[0]
+    res = MappingResult(run_id, mapping.name, region, mapping.source, mapping.table, mapping.contract, status="skipped")
+    res.notes.append(f"skipped: {mapping.source} is a Pub/Sub source, read only by `skyfed stream`")
+    return res
+
+
 def ingest(
     spec: PlatformSpec,
     selectors: Sequence[str] = (),
@@ -49,6 +63,9 @@ def ingest(
     results: list[MappingResult] = []
     failures: list[tuple[Mapping, SkyfedError]] = []
     for mapping in select_mappings(spec, selectors):
+        if not selectors and streaming_only(spec, mapping):  # named explicitly, it fails and says why
+            results.append(_skipped(mapping, run_id))
+            continue
         started = runs.now()
         try:
             res = run_mapping(
@@ -74,6 +91,8 @@ def ingest(
                     "detail": {"error": exc.message, "hint": exc.hint},
                 }
             )
+            if problem := after_ingest(spec, mapping.name, run_id, "failed", None):
+                exc.hint = f"{exc.hint}; {problem}" if exc.hint else problem
             if not keep_going:
                 break
             continue
@@ -94,4 +113,6 @@ def ingest(
                 },
             }
         )
+        if problem := after_ingest(spec, mapping.name, run_id, res.status, res.rows_loaded):
+            res.notes.append(problem)
     return run_id, results, failures

@@ -39,6 +39,7 @@ from skyfed.connectors.registry import connector_for
 from skyfed.contracts.harmonize import CURSOR, reason_rule, FAIL, PROVENANCE, QUARANTINE, RAW, SEQ, WARN, compile_mapping, q
 from skyfed.contracts.types import contract_schema, duckdb_type, duckdb_types_of
 from skyfed.errors import SkyfedError
+from skyfed.governance.drift import check_drift
 from skyfed.home import sub_dir
 from skyfed.ingest.positions import position_from_json, position_to_json
 from skyfed.ingest.reference import prepare_reference
@@ -142,6 +143,7 @@ def run_mapping(
                 + (f" (did you mean '{s}'?)" if (s := nearest(col, info.schema.names)) else ""),
                 hint="fix the mapping's expressions in the spec, then rerun `skyfed ingest`",
             )
+        drift = check_drift(spec, mapping, info.schema, run_id=run_id)
         unused = sorted(set(info.schema.names) - referenced_columns(mapping) - set(PROVENANCE) - {"dt"})
         if unused:
             result.notes.append(f"source columns not used by the mapping: {', '.join(unused)}")
@@ -169,6 +171,7 @@ def run_mapping(
         compiled = None
         staged = False
         for batch in _sliced(connector.read(request, upto, after, rejects.append), batch_rows):
+            batch = drift.apply(batch, rejects.append)  # drifted rows to quarantine, drifted values per mode
             result.rows_read += batch.num_rows
             result.bytes_read += batch.nbytes
             batch = pa.Table.from_batches([batch]).append_column(SEQ, pa.array(np.arange(seq, seq + batch.num_rows, dtype=np.int64)))
@@ -205,6 +208,8 @@ def run_mapping(
             crash_point(f"batch:{batch_no}")
 
         crash_point("after_extract")
+        result.warnings.update(drift.warnings)
+        result.notes.extend(drift.notes)
         result.notes.extend(getattr(connector, "notes", []))  # e.g. a pattern that matched nothing, an empty object
         if rejects:
             result.rows_read += len(rejects)

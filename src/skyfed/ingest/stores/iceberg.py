@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -61,6 +62,9 @@ from pyiceberg.io import FileIO  # noqa: E402
 from pyiceberg.io.pyarrow import ArrowScan, _check_pyarrow_schema_compatible, _dataframe_to_data_files  # noqa: E402
 from pyiceberg.table import DataScan, Table, Transaction  # noqa: E402
 from pyiceberg.table.metadata import TableMetadata  # noqa: E402
+from pyiceberg.table.refs import MAIN_BRANCH  # noqa: E402
+from pyiceberg.table.snapshots import Operation  # noqa: E402
+from pyiceberg.table.update.snapshot import _OverwriteFiles  # noqa: E402
 
 from skyfed.ingest.stores import iceberg_files as files_mod  # noqa: E402
 from pyiceberg.transforms import (  # noqa: E402
@@ -91,6 +95,8 @@ SNAP_MAPPING = "skyfed.mapping"
 SNAP_OPERATION = "skyfed.operation"  # upsert | replace | quarantine
 SNAP_POSITION = "skyfed.position."  # + mapping name: JSON position; every mapping's is carried forward
 CHUNK_ROWS = 500_000  # a RecordBatchReader is committed in chunks of this many rows (memory bound)
+SMALL_FILE_ROWS = 50_000  # a file under this many rows counts as small (micro-batches write such files)
+SMALL_FILES_MAX = 16  # more small files than this are folded into the next rewrite
 IN_PRUNE_LIMIT = 200  # pyiceberg's metrics evaluator gives up on IN lists longer than this
 COMMIT_ATTEMPTS = 5
 
@@ -473,15 +479,16 @@ class IcebergCuratedStore:
             props = self._snapshot_props(table, run_id=run_id, mapping=mapping, position=position,
                                          replace=replace, operation=operation)  # fmt: skip
             written = deleted = 0
-            gone = None if replace else delete_keys(deletes, schema, key, what)
-            if gone is not None:  # before the upsert, so that a key also in `rows` keeps its new row
-                deleted += _remove_keys(tx, table.io, gone, key, props)
-                crash_point("iceberg.after_deletes")
-            pieces = chunks(rows, CHUNK_ROWS) if replayable or attempt == 0 else iter(())
-            first = True
             # Into an empty (or truncated) table, rows whose keys no earlier chunk had are
             # appended as they are: no file needs to be searched for their keys.
             fresh = replace or _total_records(table.metadata.current_snapshot()) == 0
+            # Deletes ride on the first chunk's rewrite: the union of its keys and the deleted
+            # keys is matched once per file and each file rewritten once (a key in both keeps
+            # its new row). An empty table has nothing to delete.
+            gone = None if replace else delete_keys(deletes, schema, key, what)
+            pending = None if fresh else gone
+            pieces = chunks(rows, CHUNK_ROWS) if replayable or attempt == 0 else iter(())
+            first = True
             seen: list[pa.Array] = []
             for chunk in pieces:
                 data = conform(chunk, schema, what)
@@ -492,11 +499,20 @@ class IcebergCuratedStore:
                     tx.append(data, snapshot_properties=props)
                     seen.append(data[key[0]].combine_chunks())
                 else:
-                    deleted += _upsert(tx, table.io, data, key, props)
+                    deleted += _upsert(tx, table.io, data, key, props, gone=pending)
+                    if pending is not None:
+                        pending = None
+                        crash_point("iceberg.after_deletes")
                     fresh = False
                 written += data.num_rows
                 first = False
-            if first:  # no rows at all: still commit the position (and the truncation for replace)
+            staged = False
+            if pending is not None:  # no chunk carried the deletes (no rows): a rewrite of their own
+                removed = _remove_keys(tx, table.io, pending, key, props)
+                deleted += removed
+                staged = removed > 0
+                crash_point("iceberg.after_deletes")
+            if first and not staged:  # no rows at all: still commit the position (and the truncation for replace)
                 if replace:
                     deleted += _truncate(tx, props)
                 tx.append(schema.empty_table(), snapshot_properties=props)
@@ -552,13 +568,15 @@ class IcebergCuratedStore:
 # --------------------------------------------------------------------------- copy-on-write upsert
 
 
-def _upsert(tx: Transaction, io: FileIO, data: pa.Table, key: list[str], props: dict[str, str]) -> int:
-    """Stage one snapshot that replaces rows with the keys of `data` and adds `data`; returns rows replaced.
+def _upsert(
+    tx: Transaction, io: FileIO, data: pa.Table, key: list[str], props: dict[str, str], gone: pa.Table | None = None
+) -> int:
+    """Stage one snapshot that removes rows with the keys of `data` or `gone` and adds `data`; returns rows removed.
 
-    Only key columns are read to find the files holding those keys; only those files
-    are read whole and rewritten without the matched rows. Partition values are not
-    used for pruning: an update may move a row to another partition (a rescheduled
-    flight), and the old row must still go.
+    Only key columns are read to find the files holding those keys (the union of both
+    sets, matched once); only those files are read whole and rewritten, once, without
+    the matched rows. Partition values are not used for pruning: an update may move a
+    row to another partition (a rescheduled flight), and the old row must still go.
     """
     meta = tx.table_metadata
     snap = meta.current_snapshot()
@@ -566,11 +584,14 @@ def _upsert(tx: Transaction, io: FileIO, data: pa.Table, key: list[str], props: 
         tx.append(data, snapshot_properties=props)
         return 0
     _check_pyarrow_schema_compatible(meta.schema(), provided_schema=data.schema, format_version=meta.format_version)
-    if data.num_rows == 0:
+    keys = data.select(key)
+    if gone is not None and gone.num_rows:
+        keys = pa.concat_tables([keys, gone.select(key).cast(keys.schema)])
+    if keys.num_rows == 0:
         tx.append(data, snapshot_properties=props)
         return 0
-    hits = _files_with_keys(meta, io, data.select(key).combine_chunks(), key)
-    return _rewrite(tx, io, hits, props, data)
+    hits, planned = _files_with_keys(meta, io, keys.combine_chunks(), key)
+    return _rewrite(tx, io, hits + _small_files_to_fold(hits, planned), props, data)
 
 
 def _remove_keys(tx: Transaction, io: FileIO, keys: pa.Table, key: list[str], props: dict[str, str]) -> int:
@@ -580,12 +601,30 @@ def _remove_keys(tx: Transaction, io: FileIO, keys: pa.Table, key: list[str], pr
     meta = tx.table_metadata
     if _total_records(meta.current_snapshot()) == 0:
         return 0
-    hits = _files_with_keys(meta, io, keys, key)
-    return _rewrite(tx, io, hits, props, None) if hits else 0
+    hits, planned = _files_with_keys(meta, io, keys, key)
+    return _rewrite(tx, io, hits + _small_files_to_fold(hits, planned), props, None) if hits else 0
 
 
-def _files_with_keys(meta: TableMetadata, io: FileIO, keys: pa.Table, key: list[str]) -> list[tuple[Any, pa.BooleanArray]]:
-    """The data files holding any of `keys`, each with the mask of its matching rows.
+def _small_files_to_fold(hits: list[tuple[Any, pa.BooleanArray]], planned: list[Any]) -> list[tuple[Any, pa.BooleanArray]]:
+    """Small files no key hit, to fold into this rewrite when there are many (each with an all-false mask).
+
+    Every micro-batch adds a small file; left alone, their count (and with it the key
+    scan, the manifests and the readers' file opens) grows with every commit. Folding
+    them into a rewrite that happens anyway keeps the count bounded, in the same
+    atomic snapshot. `planned` are all files the key scan read, so their rows are
+    known to be unaffected.
+    """
+    small = [t for t in planned if t.file.record_count < SMALL_FILE_ROWS]
+    if len(small) <= SMALL_FILES_MAX:
+        return []
+    hit = {t.file.file_path for t, _ in hits}
+    return [(t, pa.array(np.zeros(t.file.record_count, dtype=bool))) for t in small if t.file.file_path not in hit]
+
+
+def _files_with_keys(
+    meta: TableMetadata, io: FileIO, keys: pa.Table, key: list[str]
+) -> tuple[list[tuple[Any, pa.BooleanArray]], list[Any]]:
+    """The data files holding any of `keys`, each with the mask of its matching rows; and every file scanned.
 
     Only key columns are read to find them."""
     tasks = list(DataScan(table_metadata=meta, io=io, row_filter=_prune_filter(keys, key)).plan_files())
@@ -597,29 +636,61 @@ def _files_with_keys(meta: TableMetadata, io: FileIO, keys: pa.Table, key: list[
         return task, (mask if pc.any(mask).as_py() else None)
 
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(tasks)))) as pool:
-        return [(t, m) for t, m in pool.map(matches, tasks) if m is not None]
+        return [(t, m) for t, m in pool.map(matches, tasks) if m is not None], tasks
 
 
 def _rewrite(
     tx: Transaction, io: FileIO, hits: list[tuple[Any, pa.BooleanArray]], props: dict[str, str], data: pa.Table | None
 ) -> int:
-    """Stage one overwrite snapshot: each hit file replaced by a copy without its matched rows, plus `data`."""
+    """Stage one overwrite snapshot: each hit file replaced by a copy without its matched rows, plus `data`.
+
+    What is kept of small files is written together with `data` (fewer, larger files);
+    a large file's remainder is written on its own, so memory holds one large file at a time.
+    """
     meta = tx.table_metadata
     removed = 0
     counter = itertools.count(0)
-    with tx.update_snapshot(snapshot_properties=props).overwrite() as producer:
+    together: list[pa.Table] = []
+    with _DroppingOverwrite(tx, io, props) as producer:
         for task, mask in hits:
             whole = ArrowScan(meta, io, meta.schema(), AlwaysTrue()).to_table([task])
             keep = whole.filter(pc.invert(mask))
             removed += whole.num_rows - keep.num_rows
             producer.delete_data_file(task.file)
-            if keep.num_rows:
-                for f in _dataframe_to_data_files(meta, keep, io, write_uuid=producer.commit_uuid, counter=counter):
-                    producer.append_data_file(f)
+            if not keep.num_rows:
+                continue
+            if task.file.record_count < SMALL_FILE_ROWS:
+                together.append(keep)
+                continue
+            for f in _dataframe_to_data_files(meta, keep, io, write_uuid=producer.commit_uuid, counter=counter):
+                producer.append_data_file(f)
         if data is not None:
-            for f in _dataframe_to_data_files(meta, data, io, write_uuid=producer.commit_uuid, counter=counter):
+            together.append(data.cast(together[0].schema) if together and data.schema != together[0].schema else data)
+        if together:
+            rows = pa.concat_tables(together) if len(together) > 1 else together[0]
+            for f in _dataframe_to_data_files(meta, rows, io, write_uuid=producer.commit_uuid, counter=counter):
                 producer.append_data_file(f)
     return removed
+
+
+class _DroppingOverwrite(_OverwriteFiles):
+    """pyiceberg's overwrite, minus earlier manifests that list only deleted files.
+
+    pyiceberg keeps every earlier overwrite's manifest of DELETED entries in each new
+    snapshot, so a streamer's manifest list grew by one per commit and every commit and
+    scan read them all; they describe only the snapshot that made them (Iceberg's Java
+    writer drops them the same way).
+    """
+
+    def __init__(self, tx: Transaction, io: FileIO, props: dict[str, str]):
+        exists = tx.table_metadata.snapshot_by_name(name=MAIN_BRANCH) is not None
+        super().__init__(
+            operation=Operation.OVERWRITE if exists else Operation.APPEND, transaction=tx, io=io,
+            branch=MAIN_BRANCH, snapshot_properties=props,
+        )  # fmt: skip
+
+    def _existing_manifests(self) -> list[Any]:
+        return [m for m in super()._existing_manifests() if m.has_added_files() or m.has_existing_files()]
 
 
 def _overlaps(keys: pa.ChunkedArray, seen: list[pa.Array]) -> bool:
