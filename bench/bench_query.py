@@ -26,6 +26,10 @@ rotating order), medians reported:
   (d) the limit: the same SQL over one co-located DuckDB database file holding every row.
 Bytes crossing region boundaries: Arrow bytes of what each non-coordinator region returned
 (the coordinator is latam, the spec's first region; latam's own result does not cross).
+Every run also records CPU seconds (this process, all threads, plus the BigQuery emulator's
+process: all "regions" share the same 2 cores, so on a busy machine latency follows CPU work),
+and skyfed's wall seconds per phase (report.phases: plan, bind, regions, merge, audit; per
+region: catalog/setup/execute/fetch or client/submit/wait/fetch), medians over the rounds.
 Writes bench/results/query_federated.json.
 """
 
@@ -78,6 +82,36 @@ QUERIES = {
 
 def _loadavg() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def _emulator_pid(home: Path) -> int | None:
+    """The BigQuery emulator serving this world (its CPU is part of the eu region's work)."""
+    try:
+        pid = int(json.loads((home / "services" / "bigquery.json").read_text())["pid"])
+        Path(f"/proc/{pid}/stat").read_text()
+        return pid
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _cpu_seconds(emulator: int | None) -> float:
+    """CPU seconds used so far by this process (every thread) plus the emulator process."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    total = r.ru_utime + r.ru_stime
+    if emulator is not None:
+        try:
+            fields = Path(f"/proc/{emulator}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def _median_phases(samples: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for s in samples for k in s})
+    return {k: round(statistics.median(s.get(k, 0.0) for s in samples), 4) for k in keys}
 
 
 # --------------------------------------------------------------------------- world
@@ -241,10 +275,17 @@ def naive_bytes_offline(naive: Skyfed, hand: HandRolled, sql: str, home: Path) -
     crossing = total = rows = 0
     for frag in plan.fragments:
         for rq in frag.regions:
-            region_sql = frag.duckdb_sql
-            for t in frag.tables:  # the canonical name -> that region's rows only
-                region_sql = region_sql.replace(f"FROM {t} AS", f"FROM (SELECT * FROM {t} WHERE region = '{rq.region}') AS")
-            table = hand.con.execute(region_sql).to_arrow_table()
+            # the canonical names -> that region's rows only: views in a per-region schema first on the search path
+            # (the fragment SQL is not rewritten as text: its shape changes with governance)
+            schema = f"_naive_{rq.region}"
+            cur = hand.con.cursor()
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            for t in frag.tables:
+                cur.execute(f"CREATE OR REPLACE VIEW {schema}.{t} AS SELECT * FROM main.{t} WHERE region = '{rq.region}'")
+            cur.execute(f"SET search_path = '{schema},main'")
+            cur.execute("SET TimeZone = 'UTC'")
+            table = cur.execute(frag.duckdb_sql).to_arrow_table()
+            cur.close()
             total += table.nbytes
             rows += table.num_rows
             if rq.region != naive.fed.coordinator:
@@ -269,6 +310,7 @@ class Skyfed:
             "plan_ms": rep.plan_ms, "strategy": rep.strategy, "bytes_shipped": rep.bytes_shipped,
             "bytes_crossing": crossing, "rows_shipped": rep.rows_shipped,
             "region_seconds": {r.region: r.seconds for r in rep.regions}, "merge_seconds": rep.merge_seconds,
+            "phases": dict(rep.phases), "region_phases": {r.region: dict(r.phases) for r in rep.regions},
         }  # fmt: skip
 
 
@@ -317,9 +359,11 @@ def main() -> None:
     world = build_world(home, args.flights, args.chunk, log)
     export_seconds = export_eu(home, log)
 
+    emulator = _emulator_pid(home)
     contestants = {"skyfed": Skyfed(True), "naive_federation": Skyfed(False), "hand_rolled_duckdb": HandRolled(home),
                    "colocated_duckdb": Colocated(home)}  # fmt: skip
     names = list(contestants)
+    load_start = _loadavg()
     naive_rounds = args.rounds if args.naive_rounds is None else args.naive_rounds
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {q: {n: [] for n in names} for q in QUERIES}
     answers: dict[str, dict[str, Any]] = {q: {} for q in QUERIES}
@@ -330,12 +374,14 @@ def main() -> None:
                 if n == "naive_federation" and (rnd == 0 or rnd > naive_rounds):
                     continue  # (b) runs only --naive-rounds times, never as a warm-up
                 load = _loadavg()
+                cpu0 = _cpu_seconds(emulator)
                 t0 = time.perf_counter()
                 table, extra = contestants[n].run(sql)
                 seconds = time.perf_counter() - t0
+                cpu = _cpu_seconds(emulator) - cpu0
                 answers[q][n] = table
                 if rnd > 0:
-                    samples[q][n].append({"seconds": seconds, "loadavg": load, **extra})
+                    samples[q][n].append({"seconds": seconds, "loadavg": load, "cpu_s": cpu, **extra})
                 log(f"round {rnd} {q} {n}: {seconds:.3f} s, {table.num_rows} rows"
                     + (f", {extra['bytes_crossing']} B crossing" if extra else ""))  # fmt: skip
 
@@ -351,6 +397,9 @@ def main() -> None:
             entry: dict[str, Any] = {"median_s": round(statistics.median(x["seconds"] for x in s), 4) if s[0]["seconds"] == s[0]["seconds"] else None,
                                      "runs_s": [round(x["seconds"], 4) for x in s],
                                      "loadavg": [x["loadavg"] for x in s]}  # fmt: skip
+            if "cpu_s" in s[0]:
+                entry["cpu_s_median"] = round(statistics.median(x["cpu_s"] for x in s), 4)
+                entry["cpu_s"] = [round(x["cpu_s"], 4) for x in s]
             if "plan_ms" in s[0]:
                 entry.update(
                     plan_ms_median=round(statistics.median(x["plan_ms"] for x in s), 2), strategy=s[0]["strategy"],
@@ -358,6 +407,11 @@ def main() -> None:
                     rows_shipped=s[0]["rows_shipped"], region_seconds=s[-1]["region_seconds"],
                     merge_seconds=s[-1]["merge_seconds"],
                 )  # fmt: skip
+            if s[0].get("phases"):  # skyfed's wall seconds per phase, medians over the rounds
+                entry["phases_median_s"] = _median_phases([x["phases"] for x in s])
+                entry["region_phases_median_s"] = {
+                    r: _median_phases([x["region_phases"].get(r, {}) for x in s]) for r in s[0]["region_phases"]
+                }
             per[n] = entry
         a, b, c, d = (per[n] for n in names)
         agree = {n: _same(answers[q][n], answers[q]["colocated_duckdb"]) for n in names if n in answers[q]}
@@ -383,6 +437,13 @@ def main() -> None:
               f"co-located {d['median_s']:.3f} s | crossing {a['bytes_crossing']} B vs naive {b['bytes_crossing']} B "
               f"({100 * results[q]['ratios']['bytes_crossing_skyfed_over_naive']:.4f}%) | plan {a['plan_ms_median']} ms "
               f"| goals {goals} | equal {agree}")  # fmt: skip
+        if "phases_median_s" in a:
+            ph = a["phases_median_s"]
+            regions = "; ".join(f"{r} " + ", ".join(f"{k} {1000 * v:.0f}" for k, v in p.items())
+                                for r, p in a["region_phases_median_s"].items())  # fmt: skip
+            print(f"  {q} skyfed phases (ms, medians): " + ", ".join(f"{k} {1000 * v:.0f}" for k, v in ph.items())
+                  + f" | regions: {regions} | cpu s: skyfed {a.get('cpu_s_median')} hand-rolled {c.get('cpu_s_median')} "
+                  f"co-located {d.get('cpu_s_median')}")  # fmt: skip
     run = {
         "flights_generated": args.flights,
         "world": world,
@@ -395,6 +456,9 @@ def main() -> None:
         "naive_rounds": naive_rounds,
         "goals": "bytes crossing <= 1% of naive; latency <= 1.5x co-located and < hand-rolled; planning < 50 ms",
         "goals_met": all_met,
+        "loadavg_start_end": [load_start, _loadavg()],
+        "cpu_note": ("cpu_s: CPU seconds of this process (all threads) plus the BigQuery emulator's process per run; "
+                     "the regions share the machine's cores, so on a busy machine latency follows CPU work"),
         "queries": results,
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
                     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},  # fmt: skip
@@ -405,8 +469,9 @@ def main() -> None:
     runs = out.get("runs_by_flights", {})
     runs[str(args.flights)] = run
     largest = max(runs, key=int)
+    kept = {k: v for k, v in out.items() if k == "earlier_runs"}  # history is kept, never rewritten
     out = {"benchmark": "query_federated", "goal": run["goals"], "largest_flights": int(largest),
-           "goals_met_at_largest": runs[largest]["goals_met"], "runs_by_flights": runs}  # fmt: skip
+           "goals_met_at_largest": runs[largest]["goals_met"], "runs_by_flights": runs, **kept}  # fmt: skip
     path.write_text(json.dumps(out, indent=1, default=str))
     print(f"wrote {args.out}; goals met: {all_met}")
 

@@ -355,3 +355,36 @@ def test_cli_query_formats_explain_and_report(ingested_world, run_cli, tmp_path)
     assert res.code == 0 and res.stdout.splitlines()[0] == '"region","n"'
     res = run_cli("query", "DELETE FROM flight_leg", "--spec", spec)
     assert res.code == 1 and "DELETE statements are not allowed" in res.stderr
+
+
+# --------------------------------------------------------------------------- per-query fixed costs
+
+
+def test_report_explains_the_time_by_phase(fed, colocated) -> None:
+    """Every answer says where its time went: coordinator phases and each region's own phases."""
+    sql = CORE["fuel_per_100_rpk"][0]
+    result = fed.query(sql)
+    assert_same(result.arrow(), colocated.execute(sql).to_arrow_table(), False, sql)
+    rep = result.report
+    assert {"plan", "bind", "regions", "merge", "audit"} <= set(rep.phases), rep.phases
+    assert all(v >= 0 for v in rep.phases.values()), rep.phases
+    # the regions phase waits for every region, so it is at least the slowest region's own time
+    assert rep.phases["regions"] >= max(r.seconds for r in rep.regions) - 1e-3
+    for r in rep.regions:
+        want = {"catalog", "setup", "execute", "fetch"} if r.engine == "duckdb" else {"client", "submit", "wait", "fetch"}
+        assert want <= set(r.phases), (r.region, r.phases)
+        assert sum(r.phases.values()) <= r.seconds + 1e-3, (r.region, r.phases, r.seconds)
+
+
+def test_repeated_statements_reuse_the_bind_and_stay_correct(fed, colocated) -> None:
+    """The bind step is remembered per statement shape; answers and errors stay what they were."""
+    sql = "SELECT aircraft_type, count(*) AS n, avg(load_factor) AS lf FROM flight_leg GROUP BY 1"
+    first = fed.query(sql)
+    remembered = len(fed._binds)
+    second = fed.query(sql)
+    assert len(fed._binds) == remembered  # the second run found its bind, it did not add one
+    assert second.arrow().schema == first.arrow().schema
+    assert_same(second.arrow(), colocated.execute(sql).to_arrow_table(), False, sql)
+    for _ in range(2):  # an invalid statement is never remembered: it fails every time, with the binder's reason
+        with pytest.raises(SkyfedError, match="not valid"):
+            fed.query("SELECT sum(status) FROM flight_leg")

@@ -59,6 +59,8 @@ class RegionReport:
     semi_join_key_bytes: int = 0  # join keys shipped into the region to filter a table there
     error: str | None = None
     snapshots: dict[str, Any] = field(default_factory=dict)
+    # seconds per phase in this region (the slowest fragment's run when several ran; see executors.RegionRun)
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,6 +84,9 @@ class QueryReport:
     semi_joins: list[dict[str, Any]] = field(default_factory=list)
     broadcast_bytes: int = 0  # reference-table bytes copied into regions
     semi_join_key_bytes: int = 0  # join keys shipped into regions
+    # wall seconds per phase at the coordinator: plan, cache_lookup, bind (coordinator DuckDB, empty tables,
+    # binding and fragment types), regions (all regions, in parallel), merge, audit (set by Federation.query)
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def from_cache(self) -> bool:
@@ -147,6 +152,9 @@ class Federation:
         self.governor = build_governor(spec, role=role, coordinator=self.coordinator, governance=governance,
                                        spec_path=spec_path)  # fmt: skip
         self.catalog.governor = self.governor
+        # bind step results (the answer's schema, each fragment's column types) by statement shape: the
+        # same SQL over the same catalog and reference-file versions binds to the same types (bind_key)
+        self._binds: dict[tuple[Any, ...], tuple[pa.Schema, dict[str, list[tuple]]]] = {}
 
     @property
     def role(self) -> str | None:
@@ -304,11 +312,13 @@ class Federation:
         except BaseException as exc:
             record_query(sql, status="failed", detail={"error": _first_line(exc)}, **base)
             raise
+        audit_started = time.perf_counter()
         decisions = self._policy_summary(result.plan).get("decisions", [])
         record_query(sql, status="ok", rows=result.report.result_rows, decisions=decisions,
                      detail={"strategy": result.plan.strategy, "cache": result.report.cache.get("status"),
                              "rows_shipped": result.report.rows_shipped, "bytes_shipped": result.report.bytes_shipped},
                      **base)  # fmt: skip
+        result.report.phases["audit"] = round(time.perf_counter() - audit_started, 4)
         return result
 
     def _query(self, sql: str, allow_partial: bool = False, timeout: float | None = None,
@@ -322,13 +332,15 @@ class Federation:
         started = time.perf_counter()
         timeout = self.timeout if timeout is None else timeout
         plan = self.plan(sql)
+        phases: dict[str, float] = {"plan": time.perf_counter() - started}
         key: str | None = None
         versions: dict[str, Any] | None = None
         cache_info: dict[str, Any] = {"status": "off"}
         if self.cache is not None and use_cache:
             lookup_started = time.perf_counter()
             versions, why = self._versions(plan, min(timeout, 5.0))
-            cache_info = {"ttl_seconds": self.cache.ttl, "lookup_ms": round((time.perf_counter() - lookup_started) * 1000, 2)}
+            phases["cache_lookup"] = time.perf_counter() - lookup_started
+            cache_info = {"ttl_seconds": self.cache.ttl, "lookup_ms": round(phases["cache_lookup"] * 1000, 2)}
             if versions is None:
                 cache_info["status"], cache_info["reason"] = "not_cacheable", why
             else:
@@ -339,18 +351,32 @@ class Federation:
                 hit = self.cache.get(key)
                 if hit is not None:
                     cache_info.update(status="hit", age_seconds=round(hit.age_seconds, 3), created=hit.created)
-                    return Result(hit.table, self._hit_report(plan, hit.table, cache_info, started), plan)
+                    report = self._hit_report(plan, hit.table, cache_info, started)
+                    report.phases = {k: round(v, 4) for k, v in phases.items()}
+                    return Result(hit.table, report, plan)
                 cache_info["status"] = "miss"
+        bind_started = time.perf_counter()
         con = duck.connect([])
         try:
             duckdb_session(con)
             self._register_tables(con, plan)
-            try:
-                bound = con.execute(plan.bind_sql).to_arrow_table()
-            except Exception as exc:  # duckdb binder errors: the user's SQL is wrong
-                raise SkyfedError(f"the query is not valid: {_first_line(exc)}") from None
-            frag_types = {f.name: con.execute(f"DESCRIBE {f.duckdb_sql}").fetchall() for f in plan.fragments}
+            bind_key = self._bind_key(plan)
+            if bind_key in self._binds:
+                bound_schema, frag_types = self._binds[bind_key]
+            else:
+                try:
+                    bound_schema = con.execute(plan.bind_sql).to_arrow_table().schema
+                except Exception as exc:  # duckdb binder errors: the user's SQL is wrong
+                    raise SkyfedError(f"the query is not valid: {_first_line(exc)}") from None
+                frag_types = {f.name: con.execute(f"DESCRIBE {f.duckdb_sql}").fetchall() for f in plan.fragments}
+                if bind_key is not None:
+                    if len(self._binds) >= 256:  # bounded: a long-lived Federation sees many statements
+                        self._binds.clear()
+                    self._binds[bind_key] = (bound_schema, frag_types)
+            regions_started = time.perf_counter()
+            phases["bind"] = regions_started - bind_started
             runs, reports = self._run_regions(plan, timeout)
+            phases["regions"] = time.perf_counter() - regions_started
             failed = [r for r in reports.values() if r.status != "ok"]
             if failed and not allow_partial:
                 what = "; ".join(f"region {r.region} {'timed out' if r.status == 'timeout' else 'failed'}: {r.error}" for r in failed)
@@ -367,8 +393,9 @@ class Federation:
                 table = con.execute(plan.coordinator_sql).to_arrow_table()
             except Exception as exc:
                 raise SkyfedError(f"the coordinator could not merge the regions' results: {_first_line(exc)}") from None
-            table = _conform(table, bound.schema)
+            table = _conform(table, bound_schema)
             merge_seconds = time.perf_counter() - merge_started
+            phases["merge"] = merge_seconds
         finally:
             con.close()
         region_reports = list(reports.values())
@@ -391,6 +418,7 @@ class Federation:
             semi_joins=[{"fragment": f.name, **f.semi_join} for f in plan.fragments if f.semi_join is not None],
             broadcast_bytes=sum(r.broadcast_bytes for r in region_reports),
             semi_join_key_bytes=sum(r.semi_join_key_bytes for r in region_reports),
+            phases={k: round(v, 4) for k, v in phases.items()},
         )
         if key is not None and versions is not None:
             if failed:
@@ -474,6 +502,19 @@ class Federation:
             result_rows=table.num_rows,
             cache=cache_info,
         )
+
+    def _bind_key(self, plan: Plan) -> tuple[Any, ...] | None:
+        """What the bind step's types depend on: the statement, its fragments, the reference files read
+        (their rows are registered with their own types) and the live tables known; None: do not cache."""
+        refs = []
+        for name in sorted(plan.reference_tables):
+            try:
+                st = Path(self.catalog.reference_paths[name]).stat()
+            except (KeyError, OSError):
+                return None
+            refs.append((name, st.st_size, st.st_mtime_ns))
+        frags = tuple((f.name, f.duckdb_sql) for f in plan.fragments)
+        return (plan.bind_sql, frags, tuple(refs), tuple(sorted(self.catalog.live)))
 
     def _register_tables(self, con: Any, plan: Plan) -> None:
         """Empty canonical tables (for binding and types) and the reference tables (real rows)."""
@@ -584,6 +625,8 @@ class Federation:
                 rep.bytes += run.table.nbytes
                 rep.broadcast_bytes += run.broadcast_bytes
                 rep.semi_join_key_bytes += key_bytes
+                if run.seconds >= rep.seconds:  # the slowest fragment's phases explain the region's time
+                    rep.phases = {k: round(v, 4) for k, v in run.phases.items()}
                 rep.seconds = max(rep.seconds, run.seconds)
                 if run.bytes_scanned is not None:
                     rep.bytes_scanned = (rep.bytes_scanned or 0) + run.bytes_scanned

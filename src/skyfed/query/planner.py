@@ -445,7 +445,9 @@ class _Planner:
                 from skyfed.query.governed import to_bigquery_masks
 
                 copy = to_bigquery_masks(copy)
-            out.append(RegionQuery(r, engine, copy.sql(dialect), sorted(set(tables)), sorted(broadcast), policy=decisions))
+            # copy=False: this tree is the region's private copy, dropped after generation (saves a deep copy)
+            sql = copy.sql(dialect, copy=False)
+            out.append(RegionQuery(r, engine, sql, sorted(set(tables)), sorted(broadcast), policy=decisions))
         return out
 
     def _broadcast_ref(self, target: RegionTarget, engine: str, t: exp.Table) -> exp.Table:
