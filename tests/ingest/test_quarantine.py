@@ -78,5 +78,7 @@ def test_cli_show_and_list_json(seeded_world, na_ingested, run_cli) -> None:
     assert code == 0, err
     records = json.loads(out)
     assert records and all(r["mapping"] == "na_flights" and r["reason"] for r in records)
-    code, out, err = run_cli("quarantine", "show", "na_flightz", "nowhere", "--spec", spec, env=env)
+    code, out, err = run_cli("quarantine", "show", "na_flights", "nowhere", "--spec", spec, env=env)
     assert code == 1 and "no quarantined record" in err and "Traceback" not in err
+    code, out, err = run_cli("quarantine", "show", "na_flightz", "--spec", spec, env=env)
+    assert code == 1 and "no mapping named 'na_flightz'" in err and "Traceback" not in err

@@ -13,6 +13,18 @@ from skyfed.cli.common import emit, out
 from skyfed.cli.specopt import SpecOption, load
 from skyfed.errors import SkyfedError
 
+
+def spec_path(spec: str | None) -> str:
+    """The spec file the governance file is looked up beside."""
+    from skyfed.spec import resolve_spec_path
+
+    return str(resolve_spec_path(spec))
+
+RoleOption = typer.Option(
+    None, "--role", envvar="SKYFED_ROLE",
+    help="Whose policies mask the raw records (default $SKYFED_ROLE; with a governance file and no role: anonymous).",
+)
+
 quarantine_app = typer.Typer(help="Records that failed harmonization or quality rules.", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
 
@@ -21,13 +33,14 @@ app.add_typer(quarantine_app, name="quarantine")
 def list_(
     region: str = typer.Option(None, "--region", help="Only this region."),
     mapping: str = typer.Option(None, "--mapping", help="Only this mapping."),
+    role: str = RoleOption,
     spec: str = SpecOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Quarantined records counted by region, mapping and reason."""
-    from skyfed.ingest.quarantine import read_quarantine, summarize
+    from skyfed.ingest.quarantine import read_quarantine_as, summarize
 
-    table = read_quarantine(load(spec), region, mapping)
+    table = read_quarantine_as(load(spec), role, region, mapping, spec_path=spec_path(spec))
     rows = summarize(table)
 
     def render(data: list[dict[str, Any]]) -> None:
@@ -50,13 +63,14 @@ def show(
     mapping: str = typer.Argument(..., help="The mapping whose records to show."),
     location: str = typer.Argument(None, help="One record's location (object:line or key=...)."),
     limit: int = typer.Option(20, "--limit", help="How many records at most."),
+    role: str = RoleOption,
     spec: str = SpecOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Quarantined records of a mapping, with their reasons and raw source record."""
-    from skyfed.ingest.quarantine import read_quarantine
+    """Quarantined records of a mapping, with their reasons and raw source record (masked for the role)."""
+    from skyfed.ingest.quarantine import read_quarantine_as
 
-    table = read_quarantine(load(spec), None, mapping)
+    table = read_quarantine_as(load(spec), role, None, mapping, spec_path=spec_path(spec))
     records = table.to_pylist() if table.num_rows else []
     if location:
         records = [r for r in records if r["location"] == location]

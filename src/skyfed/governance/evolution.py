@@ -6,9 +6,11 @@ since existing rows have no value), rename by field id, promote a type
 stays in storage (old snapshots and pinned readers still need it) and is simply
 no longer selected. Anything else (a type Iceberg cannot promote) is refused.
 
-Call site (owned by ingest): IcebergCuratedStore._evolve can call
-`evolve_iceberg(table, old_body, new_body)` with the registry's bodies instead of
-comparing names, which is what makes renames keep their data.
+Call site: IcebergCuratedStore._evolve gets the table's old body (stored in a table
+property) and the new one from `table_bodies` (the registry's, or computed with the
+governance file's renames), checks `refusals`, and calls
+`evolve_iceberg(transaction, old_body, new_body)`: matching by field id is what makes
+a rename keep its data.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from skyfed.errors import SkyfedError
-from skyfed.governance.compat import widening
+from skyfed.governance.canonical import body_hash, canonical
+from skyfed.governance.compat import diff, widening
+from skyfed.spec.models import Contract
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,64 @@ def plan(old: dict[str, Any], new: dict[str, Any]) -> list[Op]:
             ops.append(Op("promote", oname, col["type"]))
         if not ocol["nullable"] and col["nullable"]:
             ops.append(Op("make_optional", oname))
-    for fid, (name, _) in o_ids.items():
+    for fid, (name, col) in o_ids.items():
         if fid not in n_ids:
             ops.append(Op("keep_dropped", name, "kept in storage, no longer part of the contract"))
+            if not col["nullable"]:  # new rows have no value for it
+                ops.append(Op("make_optional", name))
     return ops
+
+
+STORE_REFUSED = ("narrow type", "incompatible type change", "key changed")
+
+
+def refusals(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The changes from `old` to `new` that no table can take in place (whatever the compatibility mode)."""
+    return [f"column {c.column}: {c.rule} ({c.detail})" if c.column else f"{c.rule} ({c.detail})"
+            for c in diff(old, new) if c.rule in STORE_REFUSED]
+
+
+def _shape(body: dict[str, Any]) -> tuple[Any, ...]:
+    cols = tuple((n, c["type"], c["nullable"]) for n, c in body["columns"].items())
+    return cols, tuple(body.get("key", []))
+
+
+def table_bodies(
+    name: str,
+    contract: Contract,
+    stored_body: dict[str, Any] | None,
+    stored_contract: Contract | None,
+    renames: dict[str, str] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], int | None]:
+    """(old body, new body, registry version of the new one or None) for evolving a stored table.
+
+    The old body is the one stored with the table (else derived from the stored
+    contract, with the registry's field ids when a registered version has its shape).
+    The new body is the registry's version when one matches (its ids carry the renames
+    `skyfed contracts check` accepted), else the contract's canonical body with ids
+    carried from the old one and `renames` (new name -> old name) applied.
+    """
+    from skyfed.catalog import registry
+
+    history = registry.history(name)
+    if stored_body is None:
+        if stored_contract is None:
+            raise SkyfedError(f"table {name} records no contract, so it cannot be evolved by field id")
+        stored_body = canonical(stored_contract)
+        same = [r["body"] for r in history if _shape(r["body"]) == _shape(stored_body)]
+        stored_body = same[-1] if same else stored_body
+    valid = {n: o for n, o in (renames or {}).items()
+             if o in stored_body["columns"] and n in contract.columns and n not in stored_body["columns"]}
+    local = canonical(contract, stored_body, valid)
+    digest = body_hash(local)
+    row = next((r for r in history if r["hash"] == digest), None)
+    if row is None and history and _shape(history[-1]["body"]) == _shape(local):
+        old_hash = body_hash(stored_body)
+        if any(r["hash"] == old_hash for r in history):  # same id lineage: the registry's ids win
+            row = history[-1]
+    if row is not None:
+        return stored_body, row["body"], int(row["version"])
+    return stored_body, local, None
 
 
 def iceberg_type(type_name: str) -> Any:
@@ -78,7 +136,7 @@ def iceberg_type(type_name: str) -> Any:
 
 
 def evolve_iceberg(table: Any, old: dict[str, Any], new: dict[str, Any]) -> list[Op]:
-    """Apply `plan(old, new)` to a pyiceberg Table in one schema commit; returns the operations."""
+    """Apply `plan(old, new)` to a pyiceberg Table (or Transaction) in one schema update; returns the operations."""
     ops = plan(old, new)
     todo = [op for op in ops if op.action != "keep_dropped"]
     if not todo:

@@ -6,6 +6,10 @@ table, unless a newer record with the same key has been loaded since (then it is
 superseded and simply leaves the quarantine); one that still fails stays, with its
 new reasons. Records the connector could not parse at all (malformed lines) cannot
 be replayed from the quarantine: fix the object and the next ingest reads it again.
+
+What a caller is shown goes through the policies (`read_quarantine_as`, with a role:
+skyfed.governance.quarantine_view masks the raw fields of classified columns); replay
+uses `read_quarantine`, the unmasked records.
 """
 
 from __future__ import annotations
@@ -51,6 +55,25 @@ def read_quarantine(spec: PlatformSpec, region: str | None = None, mapping: str 
     if mapping:
         table = table.filter(pc.equal(table["mapping"], mapping))
     return table
+
+
+def read_quarantine_as(
+    spec: PlatformSpec,
+    role: str | None,
+    region: str | None = None,
+    mapping: str | None = None,
+    spec_path: str | None = None,
+) -> pa.Table:
+    """The quarantine records as `role` may see them (raw fields of classified columns masked).
+
+    `role` None means $SKYFED_ROLE, else `anonymous` when the spec has a governance file.
+    A mapping's records are read from its own region only.
+    """
+    from skyfed.governance.quarantine_view import apply_policy
+
+    if mapping and region is None:
+        region = _mapping(spec, mapping).source.partition(".")[0]
+    return apply_policy(spec, read_quarantine(spec, region, mapping), role, spec_path)
 
 
 def summarize(table: pa.Table) -> list[dict[str, Any]]:

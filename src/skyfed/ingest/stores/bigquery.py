@@ -201,6 +201,7 @@ class BigQueryCuratedStore:
         part = parse_partition(contract.partition_by, schema.names)
         created = self._create_if_missing(contract_name, fields, part, list(contract.key))
         if not created:
+            self._evolve_by_id(contract_name, contract)
             self._evolve(contract_name, fields)
         self._schemas[contract_name] = (schema, list(contract.key))
         self._query(
@@ -238,6 +239,9 @@ class BigQueryCuratedStore:
                     "keep the type, or add a new column and a new contract version",
                 )
         new = [f for f in fields if f.name not in have]
+        relax = [f for f in fields if f.name in have and have[f.name].mode == "REQUIRED" and f.mode == "NULLABLE"]
+        if relax:
+            self._relax(name, relax)
         if not new:
             return
         for f in new:
@@ -255,6 +259,68 @@ class BigQueryCuratedStore:
         ]
         if missing:
             table.schema = [*table.schema, *missing]
+            self.client.update_table(table, ["schema"], retry=self._retry)
+
+    def _evolve_by_id(self, name: str, contract: Contract) -> None:
+        """Refuse what cannot change in place and apply declared renames (skyfed.governance.evolution).
+
+        The old shape is the contract recorded in `_skyfed_tables`; the new one the
+        registry's version (or the contract with the governance file's renames), so a
+        rename is `ALTER TABLE ... RENAME COLUMN` and keeps the data.
+        """
+        from skyfed.governance import evolution
+        from skyfed.governance.config import governance_for
+
+        rows = self._query(f"SELECT contract_json FROM {self._sql_ref(TABLES_TABLE)} WHERE table_name = @t", {"t": name})
+        if not rows:
+            return
+        settings = governance_for().contracts.get(name)
+        stored = Contract.model_validate_json(rows[0][0])
+        old, new, _ = evolution.table_bodies(name, contract, None, stored, settings.renames if settings else None)
+        refused = evolution.refusals(old, new)
+        if refused:
+            raise SkyfedError(
+                f"table {self._ref(name)}: the contract change cannot be applied in place: {'; '.join(refused)}",
+                "keep or widen the type and keep the key; or publish a new contract (NAME_v2), "
+                "or set compatibility NONE and rebuild the table",
+            )
+        renames = [(op.column, op.detail) for op in evolution.plan(old, new) if op.action == "rename"]
+        if not renames:
+            return
+        table = self.client.get_table(self._ref(name), retry=self._retry)
+        have = {f.name for f in table.schema}
+        for before, after in renames:
+            if before not in have:
+                continue  # done already (a rerun after a crash)
+            try:
+                self._query(f"ALTER TABLE {self._sql_ref(name)} RENAME COLUMN `{before}` TO `{after}`")
+            except SkyfedError:
+                self._query(f"SELECT `{after}` FROM {self._sql_ref(name)} LIMIT 0")  # renamed by an earlier, cut-off run
+        # The emulator keeps the old names in the table metadata (BigQuery itself has the new ones already).
+        table = self.client.get_table(self._ref(name), retry=self._retry)
+        names = dict(renames)
+        if any(f.name in names for f in table.schema):
+            table.schema = [
+                self._bq.SchemaField(names[f.name], f.field_type, f.mode, description=f.description, fields=f.fields,
+                                     precision=f.precision, scale=f.scale)  # fmt: skip
+                if f.name in names else f
+                for f in table.schema
+            ]
+            self.client.update_table(table, ["schema"], retry=self._retry)
+
+    def _relax(self, name: str, fields: list[Any]) -> None:
+        """REQUIRED -> NULLABLE in place: DDL on the stored table, then the table metadata (as for new columns)."""
+        for f in fields:
+            self._query(f"ALTER TABLE {self._sql_ref(name)} ALTER COLUMN `{f.name}` DROP NOT NULL")
+        table = self.client.get_table(self._ref(name), retry=self._retry)
+        wanted = {f.name for f in fields}
+        if any(f.name in wanted and f.mode == "REQUIRED" for f in table.schema):
+            table.schema = [
+                self._bq.SchemaField(f.name, f.field_type, "NULLABLE", description=f.description, fields=f.fields,
+                                     precision=f.precision, scale=f.scale)  # fmt: skip
+                if f.name in wanted else f
+                for f in table.schema
+            ]
             self.client.update_table(table, ["schema"], retry=self._retry)
 
     def table_names(self) -> list[str]:

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from skyfed.catalog import metadata as metadata_db
 from skyfed.errors import SkyfedError
+from skyfed.governance import evolution
 from skyfed.home import state_dir
 from skyfed.ingest.stores.base import (
     QUARANTINE_KEY,
@@ -90,6 +91,8 @@ from pyiceberg.types import (  # noqa: E402
 CATALOG_NAME = "skyfed"
 PROP_CONTRACT = "skyfed.contract"  # table property: the contract JSON the table was last ensured with
 PROP_KEY = "skyfed.key"  # table property: JSON list of key columns
+PROP_BODY = "skyfed.contract_body"  # table property: canonical contract body (with field ids) of the table's shape
+PROP_VERSION = "skyfed.contract_version"  # table property: registry version of that body ("" if unregistered)
 SNAP_RUN = "skyfed.run_id"  # snapshot summary: marks a skyfed commit
 SNAP_MAPPING = "skyfed.mapping"
 SNAP_OPERATION = "skyfed.operation"  # upsert | replace | quarantine
@@ -189,11 +192,68 @@ class IcebergCuratedStore:
         try:
             table = self.catalog.load_table(ident)
         except NoSuchTableError:
+            if contract is not None:
+                _, body, version = evolution.table_bodies(name, contract, None, contract, None)
+                props.update({PROP_BODY: json.dumps(body), PROP_VERSION: str(version or "")})
             table = self._create(ident, schema, key, partition_by, types, props)
         else:
-            table = self._evolve(table, schema, types, props)
+            if contract is not None and (PROP_BODY in table.properties or PROP_CONTRACT in table.properties):
+                table = self._evolve_contract(name, table, contract, props)
+            else:
+                table = self._evolve(table, schema, types, props)
         self._schemas[name] = (schema, key)
         return table
+
+    def _evolve_contract(self, name: str, table: Table, contract: Contract, props: dict[str, str]) -> Table:
+        """Evolve a contract table in place by field id (skyfed.governance.evolution): no data rewrite.
+
+        The old shape is the body stored with the table; the new one the registry's (or
+        the contract's with the governance file's renames), so a declared rename keeps
+        its column's data. A change no table can take in place is refused here even if
+        the registry check was skipped.
+        """
+        from skyfed.governance.config import governance_for
+
+        what = f"table {self.region}.{name}"
+        raw_body = table.properties.get(PROP_BODY)
+        stored = Contract.model_validate_json(table.properties[PROP_CONTRACT]) if PROP_CONTRACT in table.properties else None
+        settings = governance_for().contracts.get(name)
+        old, new, version = evolution.table_bodies(
+            name, contract, json.loads(raw_body) if raw_body else None, stored, settings.renames if settings else None
+        )
+        refused = evolution.refusals(old, new)
+        if refused:
+            raise SkyfedError(
+                f"{what}: the contract change cannot be applied in place: {'; '.join(refused)}",
+                "keep or widen the type and keep the key; or publish a new contract (NAME_v2), "
+                "or set compatibility NONE and rebuild the table",
+            )
+        stored_names = {f.name for f in table.schema().fields}
+        missing = [n for n in old["columns"] if n not in stored_names]
+        if missing:
+            raise SkyfedError(
+                f"{what}: the stored contract names column(s) {', '.join(missing)} that the table does not have",
+                "the table was changed outside skyfed; rebuild it",
+            )
+        ops = evolution.plan(old, new)
+        clash = [op.column for op in ops if op.action == "add" and op.column in stored_names]
+        if clash:
+            raise SkyfedError(
+                f"{what}: new column(s) {', '.join(clash)} reuse the name of a dropped column still in storage",
+                "choose another name, or declare a rename (renames: {new: old}) if it is the same column",
+            )
+        props = {**props, PROP_BODY: json.dumps(new), PROP_VERSION: str(version or "")}
+        changed = {k: v for k, v in props.items() if table.properties.get(k) != v}
+        if not changed and all(op.action == "keep_dropped" for op in ops):
+            return table
+        tx = table.transaction()
+        evolution.evolve_iceberg(tx, old, new)
+        if changed:
+            tx.set_properties(changed)
+        try:
+            return tx.commit_transaction()
+        except CommitFailedException:  # someone evolved it concurrently: take theirs
+            return self.catalog.load_table(table.name())
 
     def _create(
         self,
@@ -312,7 +372,9 @@ class IcebergCuratedStore:
         if snapshot_id is not None and table.snapshot_by_id(int(snapshot_id)) is None:
             raise SkyfedError(f"table {self.region}.{contract_name} has no snapshot {snapshot_id}")
         scan = table.scan(snapshot_id=int(snapshot_id) if snapshot_id is not None else None)
-        data = scan.to_arrow()
+        # An earlier snapshot is read in the current schema (columns matched by field id), so a
+        # renamed column has its old values under its new name.
+        data = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(scan.plan_files())
         return sort_by_key(conform(_drop_unknown(data, schema), schema, f"{self.region}.{contract_name}"), key)
 
     def committed_position(self, contract_name: str, mapping: str) -> dict[str, Any] | None:
