@@ -66,12 +66,20 @@ def _render_stats(stats: dict[str, Any]) -> None:
 
 def _render_status(rows: list[dict[str, Any]]) -> None:
     table = Table(title="stream status")
-    for col in ("source", "kind", "lag s", "lag bytes", "undelivered", "changes/s", "last commit"):
+    for col in ("source", "kind", "state", "lag s", "lag bytes", "slot WAL", "undelivered", "changes/s", "last commit"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["source"], r["kind"], _v(r["lag_seconds"]), _v(r["lag_bytes"]), _v(r["undelivered_messages"]),
-                      _v(r["changes_per_second"]), _v(r["last_commit_at"]))  # fmt: skip
+        table.add_row(r["source"], r["kind"], _v(r.get("state")), _v(r["lag_seconds"]), _v(r["lag_bytes"]),
+                      _v(r.get("wal_status")), _v(r["undelivered_messages"]), _v(r["changes_per_second"]),
+                      _v(r["last_commit_at"]))  # fmt: skip
     out.print(table)
+    for r in rows:
+        if r.get("wal_status") == "lost":
+            err.print(f"{r['source']}: replication slot {r.get('slot')} is invalidated (wal_status lost): run "
+                      f"`skyfed stream reset {r['source']}`, then `skyfed stream {r['source']}` (a fresh snapshot)",
+                      highlight=False)  # fmt: skip
+        if r.get("error"):
+            err.print(f"{r['source']}: {r['error']}", highlight=False)
 
 
 def _v(value: Any) -> str:

@@ -17,7 +17,7 @@ All steps are DuckDB statements or Arrow kernels over the whole batch.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -56,6 +56,8 @@ class ApplyResult:
     superseded: int = 0  # changes replaced by a later change of the same key in the batch
     snapshot_id: str | None = None
     reasons: dict[str, int] = field(default_factory=dict)
+    warnings: dict[str, int] = field(default_factory=dict)  # e.g. drift: values discarded (mode discard_value)
+    notes: list[str] = field(default_factory=list)  # e.g. drift decisions taken before this batch
 
 
 def store_takes_deletes(store: CuratedStore) -> bool:
@@ -91,6 +93,12 @@ class MappingApplier:
 
     def close(self) -> None:
         self.con.close()
+
+    def set_source_types(self, source_types: dict[str, str]) -> None:
+        """The source's declared types changed (a drift accepted under evolve): recompile on the next batch."""
+        if source_types != self.source_types:
+            self.source_types = dict(source_types)
+            self._compiled = None
 
     # ------------------------------------------------------------------ steps
 
@@ -224,10 +232,12 @@ class MappingApplier:
         return result
 
     def apply_snapshot(
-        self, batches: Iterator[pa.RecordBatch], *, position: dict[str, Any], run_id: str, replace: bool
+        self, batches: Iterator[pa.RecordBatch], *, position: dict[str, Any], run_id: str, replace: bool,
+        late_quarantine: Callable[[], pa.Table | None] | None = None,
     ) -> ApplyResult:
         """The initial snapshot as ONE commit: batches (text columns) harmonized and staged in DuckDB
         (spills to disk), quarantine committed first, then every good row with `position`.
+        `late_quarantine`: records known only once the batches are consumed (drift rules).
 
         `replace`: the snapshot is the whole table (the mapping is the only one of its
         contract in the region), so rows deleted since an earlier load disappear too.
@@ -259,8 +269,12 @@ class MappingApplier:
             self.con.execute(("INSERT INTO snap_stage" if staged else "CREATE OR REPLACE TEMP TABLE snap_stage AS") + " SELECT * FROM __good")
             self.con.unregister("__good")
             staged = True
+        late = late_quarantine() if late_quarantine is not None else None  # e.g. rows the drift rules refused
+        if late is not None and late.num_rows:
+            quarantine.append(late)
+            result.quarantined += late.num_rows
         if quarantine:
-            self.store.commit_quarantine(pa.concat_tables(quarantine), run_id=run_id)
+            self.store.commit_quarantine(pa.concat_tables([t.cast(QUARANTINE_SCHEMA) for t in quarantine]), run_id=run_id)
         if staged:
             reader = self.con.sql("SELECT * FROM snap_stage").to_arrow_reader(200_000)
             rows: pa.Table | pa.RecordBatchReader = pa.RecordBatchReader.from_batches(

@@ -16,6 +16,11 @@ class SourceLost(SkyfedError):
     position re-delivers it."""
 
 
+class SourceGone(SkyfedError):
+    """The source cannot be resumed at all (e.g. an invalidated replication slot): reconnecting
+    does not help, the stream stops with what to do."""
+
+
 @dataclass
 class BatchReport:
     """One micro-batch of a source."""

@@ -27,7 +27,7 @@ class FileArrivals:
         self.poll_seconds = poll_seconds
         self._last_poll = 0.0
 
-    def start(self, *, batch_rows: int = 100_000) -> list[Any]:
+    def start(self, *, batch_rows: int = 100_000, reopen: bool = False) -> list[Any]:
         return []
 
     def read_batch(self, max_rows: int, max_seconds: float, idle_seconds: float | None = None) -> BatchReport | None:

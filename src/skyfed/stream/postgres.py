@@ -24,6 +24,12 @@ table has REPLICA IDENTITY FULL, else from an earlier change of the same key in 
 micro-batch, else read from the table by key (the current value; any later change
 of the row follows in the stream). A table without a primary key and with the
 default replica identity is refused with the fix to apply.
+
+A relation message with a new shape of a mapped table (a column added, a type changed) goes
+through the mapping's drift rules before any row of that shape (skyfed.stream.drift); under
+`freeze` the stream stops with nothing of the batch in hand committed or acknowledged. A slot
+the server invalidated (max_slot_wal_keep_size, wal_status lost) cannot resume: SourceGone,
+with `skyfed stream reset` and a new snapshot as the way out.
 """
 
 from __future__ import annotations
@@ -50,12 +56,14 @@ from skyfed.connectors.registry import connector_for
 from skyfed.contracts.harmonize import SEQ
 from skyfed.contracts.types import duckdb_types_of
 from skyfed.errors import SkyfedError
+from skyfed.governance.drift import DriftPlan, check_drift
 from skyfed.home import sub_dir
 from skyfed.ingest.stores import open_store
 from skyfed.spec.models import Mapping, PlatformSpec, PostgresSource
 from skyfed.stream import pgoutput as pgo
 from skyfed.stream.apply import OP, ApplyResult, MappingApplier
-from skyfed.stream.base import BatchReport, SourceLost, crash_point
+from skyfed.stream.base import BatchReport, SourceGone, SourceLost, crash_point
+from skyfed.stream.drift import apply_rules, apply_to_snapshot, relation_schema
 
 POSITION_KIND = "pg_lsn"
 _LSN, _ORD = "__lsn", "__ordinal"  # per change: its transaction's commit LSN and its place inside it
@@ -116,12 +124,10 @@ class PostgresCDC:
         self.store = open_store(self.region, spec.regions[self.region].store)
         connector = connector_for(source, source_ref)
         try:
-            self.appliers = {
-                m.name: MappingApplier(spec, m, self.store, duckdb_types_of(connector.table_info(m.table).schema))
-                for m in mappings
-            }
+            self._catalog = {t: connector.table_info(t).schema for t in {m.table for m in mappings}}
         finally:
             connector.close()
+        self.appliers = {m.name: MappingApplier(spec, m, self.store, duckdb_types_of(self._catalog[m.table])) for m in mappings}
         self.tables = sorted({m.table for m in mappings})
         self._repl: Any = None
         self._cur: Any = None
@@ -133,6 +139,11 @@ class PostgresCDC:
         self._last_commit_time: datetime | None = None
         self._idle_acked = 0
         self._idle_ack_at = 0.0
+        # drift: the shape last checked per relation, each mapping's plan, pg_type names by oid
+        self._shapes: dict[int, tuple[tuple[str, int, int], ...]] = {}
+        self._plans: dict[str, DriftPlan] = {}
+        self._notes: dict[str, list[str]] = {}
+        self._type_names: dict[int, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ setup
 
@@ -177,7 +188,7 @@ class PostgresCDC:
     def slot_info(self, con: psycopg.Connection[Any]) -> dict[str, Any] | None:
         row = con.execute(
             "SELECT confirmed_flush_lsn::text, restart_lsn::text, active, wal_status, "
-            "pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
+            "(pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = %s",
             (self.slot,),
         ).fetchone()
         if row is None:
@@ -205,8 +216,22 @@ class PostgresCDC:
 
     # ------------------------------------------------------------------ start
 
-    def start(self, *, batch_rows: int = 100_000) -> list[ApplyResult]:
-        """Resume from the committed positions, or take the initial snapshot; returns the snapshot's results."""
+    def _slot_gone(self, slot: dict[str, Any] | None) -> SourceGone:
+        since = f" since {slot['confirmed_flush_lsn']}" if slot and slot.get("confirmed_flush_lsn") else ""
+        return SourceGone(
+            f"{self.source_ref}: replication slot {self.slot} was invalidated (wal_status lost): its consumer was "
+            f"gone for so long that the server removed WAL the slot still needed (max_slot_wal_keep_size), so the "
+            f"changes{since} cannot be streamed any more",
+            f"run `skyfed stream reset {self.source_ref}` and then `skyfed stream {self.source_ref}`, which takes a "
+            "fresh snapshot (see docs/streaming.md, 'A consumer gone for long')",
+        )
+
+    def start(self, *, batch_rows: int = 100_000, reopen: bool = False) -> list[ApplyResult]:
+        """Resume from the committed positions, or take the initial snapshot; returns the snapshot's results.
+
+        An invalidated slot (wal_status lost) with committed positions is SourceGone: the changes
+        since our position are gone and only `skyfed stream reset` plus a new snapshot recovers.
+        """
         with self._sql() as con:
             self.check_tables(con)
             self.ensure_publication(con)
@@ -216,6 +241,8 @@ class PostgresCDC:
                 p is not None and p.get("kind") == POSITION_KIND and p.get("slot") == self.slot for p in positions.values()
             )
             results: list[ApplyResult] = []
+            if resumable and slot is not None and slot["wal_status"] == "lost":
+                raise self._slot_gone(slot)
             if resumable:
                 self._positions = {k: v for k, v in positions.items() if v is not None}
                 start = min(int(p["ack_lsn"]) for p in self._positions.values())
@@ -232,6 +259,10 @@ class PostgresCDC:
                     options={"proto_version": "1", "publication_names": self.publication},
                 )  # fmt: skip
                 break
+            except psycopg2.errors.ObjectNotInPrerequisiteState as exc:  # invalidated between the check and here
+                if "can no longer get changes" in str(exc):
+                    raise self._slot_gone(None) from None
+                raise
             except psycopg2.errors.ObjectInUse:  # the killed predecessor's walsender is still exiting
                 if attempt == 49:
                     raise SkyfedError(f"{self.source_ref}: replication slot {self.slot} is in use by another process",
@@ -275,9 +306,11 @@ class PostgresCDC:
                         run_id = f"stream-{uuid.uuid4().hex[:12]}"
                         replace = sum(1 for x in self.spec.mappings if x.contract == m.contract
                                       and x.source.partition(".")[0] == self.region) == 1  # fmt: skip
+                        plan = self._check_drift(m, self._catalog[table], run_id)
+                        batches, drifted = apply_to_snapshot(plan, m, self.region, run_id, _csv_batches(path, batch_rows))
                         results.append(
                             self.appliers[m.name].apply_snapshot(
-                                _csv_batches(path, batch_rows), position=position, run_id=run_id, replace=replace
+                                batches, position=position, run_id=run_id, replace=replace, late_quarantine=drifted
                             )
                         )
                         self._positions[m.name] = position
@@ -344,6 +377,7 @@ class PostgresCDC:
                     break
             elif isinstance(m, pgo.Relation):
                 self._relations[m.relid] = m
+                self._relation_drift(m)  # a freeze refusal raises here: nothing of this batch is committed or acked
                 if m.relid in pending and [c.name for c in pending[m.relid].relation.columns] != [c.name for c in m.columns]:
                     # a new shape (a column added or dropped): the rows so far keep their own columns;
                     # both parts are concatenated by name in _apply
@@ -425,10 +459,13 @@ class PostgresCDC:
             applier = self.appliers[m.name]
             run_id = f"stream-{uuid.uuid4().hex[:12]}"
             changes = tables.get(m.table)
+            drifted, warnings = None, {}
             if changes is not None:
                 if self._positions.get(m.name):
                     changes = self._unseen(m.name, changes)
                 changes = changes.drop_columns([_LSN, _ORD])
+                if m.name in self._plans:
+                    changes, drifted, warnings = apply_rules(self._plans[m.name], m, self.region, changes, run_id)
             rel_key = next((r.key for r in self._relations.values() if r.name == m.table), [])
             key = list(m.key) or rel_key
             if m.table in truncated_names:
@@ -437,11 +474,54 @@ class PostgresCDC:
                 applier.truncate(position=self._positions.get(m.name) or position, run_id=run_id)
             if changes is None:
                 changes = pa.table({OP: pa.array([], pa.string()), SEQ: pa.array([], pa.int64()), **{k: pa.array([], pa.string()) for k in key}})
-            results.append(applier.apply(changes, source_key=key, position=position, run_id=run_id))
+            res = applier.apply(changes, source_key=key, position=position, run_id=run_id, extra_quarantine=drifted)
+            if drifted is not None:
+                res.quarantined += drifted.num_rows
+                for reason in drifted["reason"].to_pylist():
+                    res.reasons[reason] = res.reasons.get(reason, 0) + 1
+            res.warnings.update(warnings)
+            res.notes.extend(self._notes.pop(m.name, []))
+            results.append(res)
             self._positions[m.name] = position
             if i == 0:
                 crash_point("between_mappings")
         return results
+
+    def _check_drift(self, mapping: Mapping, schema: pa.Schema, run_id: str) -> DriftPlan:
+        """The mapping's drift decisions for the source's shape `schema` (recorded like batch runs');
+        a refusal (freeze) stops the stream with the column named."""
+        try:
+            plan = check_drift(self.spec, mapping, schema, run_id=run_id)
+        except SkyfedError as exc:
+            last = self._positions.get(mapping.name)
+            where = f" (LSN {last['lsn_text']})" if last and last.get("lsn_text") else ""
+            raise SourceGone(
+                f"{self.source_ref}: {exc.message.replace('; nothing was read', '')}; the stream stopped before "
+                f"any change of the new shape: nothing after the last commit{where} was committed or acknowledged",
+                exc.hint,
+            ) from None
+        self._plans[mapping.name] = plan
+        if plan.changes:
+            self._notes.setdefault(mapping.name, []).extend(plan.notes)
+        if not plan.rules():  # evolve (or no change): the mapping reads the source as it is now
+            self.appliers[mapping.name].set_source_types(duckdb_types_of(schema))
+        return plan
+
+    def _relation_drift(self, rel: pgo.Relation) -> None:
+        """A relation message: check a new shape of a mapped table against each mapping's drift rules."""
+        shape = tuple((c.name, c.type_oid, c.typmod) for c in rel.columns)
+        if self._shapes.get(rel.relid) == shape:
+            return
+        mappings = [m for m in self.mappings if m.table == rel.name]
+        if mappings:
+            try:
+                with self._sql() as con:
+                    schema = relation_schema(con, rel, self._type_names)
+            except SkyfedError as exc:  # the server went away: reconnect, the relation comes again
+                raise SourceLost(exc.message, exc.hint) from None
+            for m in mappings:
+                self._check_drift(m, schema, f"stream-{uuid.uuid4().hex[:12]}")
+        self._shapes[rel.relid] = shape
 
     def _unseen(self, mapping: str, changes: pa.Table) -> pa.Table:
         """Changes the mapping has not committed yet: a redelivery after a crash (or a restart from the
@@ -543,8 +623,8 @@ def slot_lag(spec: PlatformSpec, source_ref: str) -> dict[str, Any]:
     try:
         with psycopg.connect(conninfo(source), autocommit=True) as con:
             row = con.execute(
-                "SELECT confirmed_flush_lsn::text, active, wal_status, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint "
-                "FROM pg_replication_slots WHERE slot_name = %s",
+                "SELECT confirmed_flush_lsn::text, active, wal_status, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, "
+                "safe_wal_size FROM pg_replication_slots WHERE slot_name = %s",
                 (name,),
             ).fetchone()
     except psycopg.Error as exc:
@@ -552,4 +632,5 @@ def slot_lag(spec: PlatformSpec, source_ref: str) -> dict[str, Any]:
     if row is None:
         return {"slot": name, "lag_bytes": None, "slot_exists": False}
     return {"slot": name, "slot_exists": True, "confirmed_flush_lsn": row[0], "slot_active": row[1],
-            "wal_status": row[2], "lag_bytes": int(row[3]) if row[3] is not None else None}  # fmt: skip
+            "wal_status": row[2], "lag_bytes": int(row[3]) if row[3] is not None else None,
+            "safe_wal_size": int(row[4]) if row[4] is not None else None}  # fmt: skip

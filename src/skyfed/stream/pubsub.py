@@ -34,11 +34,12 @@ from skyfed.ingest.runner import referenced_columns
 from skyfed.ingest.stores import open_store
 from skyfed.spec.models import Mapping, PlatformSpec, PubSubSource
 from skyfed.stream.apply import OP, MappingApplier, quarantine_records
-from skyfed.stream.base import BatchReport, SourceLost, crash_point
+from skyfed.stream.base import BatchReport, SourceGone, SourceLost, crash_point
 
 ACK_DEADLINE_SECONDS = 10  # for subscriptions skyfed creates (emulator): a crash's messages come back soon
-RAW_LIMIT = 4096
-PULL_MAX = 1000  # messages per pull and per acknowledge request  # characters of a dead letter's payload kept in the quarantine
+RAW_LIMIT = 4096  # characters of a dead letter's payload kept in the quarantine
+PULL_MAX = 1000  # messages per pull and per acknowledge request
+ADMIN_TIMEOUT = 5.0  # seconds per admin call (no client retries: the runner reconnects with backoff)
 
 
 def _client_env(source: PubSubSource) -> None:
@@ -47,26 +48,49 @@ def _client_env(source: PubSubSource) -> None:
         os.environ["PUBSUB_EMULATOR_HOST"] = source.endpoint.removeprefix("http://")
 
 
-def ensure_subscription(source: PubSubSource) -> str:
-    """The subscription path; on the emulator the topic and subscription are created when missing
-    (on Google Cloud they belong to the infrastructure, deploy/terraform)."""
+def ensure_subscription(source: PubSubSource, *, create_topic: bool = True) -> tuple[str, bool]:
+    """(subscription path, whether it was created now). On the emulator the topic (with
+    `create_topic`) and the subscription are created when missing; on Google Cloud they belong
+    to the infrastructure (deploy/terraform).
+
+    Without `create_topic` (a reconnect) a missing topic is SourceLost saying so: the emulator
+    keeps topics in memory, so after its restart the topic exists again only once its
+    publisher creates it; the subscription is then recreated on it.
+    """
     from google.api_core import exceptions
     from google.cloud import pubsub_v1
 
     _client_env(source)
     subscriber = pubsub_v1.SubscriberClient()
     sub_path = subscriber.subscription_path(source.project, source.subscription)
-    if os.environ.get("PUBSUB_EMULATOR_HOST"):
-        publisher = pubsub_v1.PublisherClient()
-        topic = publisher.topic_path(source.project, source.topic)
-        with contextlib.suppress(exceptions.AlreadyExists):
-            publisher.create_topic(request={"name": topic})
-        with contextlib.suppress(exceptions.AlreadyExists):
-            subscriber.create_subscription(
-                request={"name": sub_path, "topic": topic, "ack_deadline_seconds": ACK_DEADLINE_SECONDS}
-            )
-    subscriber.close()
-    return sub_path
+    created = False
+    try:
+        if os.environ.get("PUBSUB_EMULATOR_HOST"):
+            publisher = pubsub_v1.PublisherClient()
+            topic = publisher.topic_path(source.project, source.topic)
+            if create_topic:
+                with contextlib.suppress(exceptions.AlreadyExists):
+                    publisher.create_topic(request={"name": topic}, retry=None, timeout=ADMIN_TIMEOUT)
+            try:
+                subscriber.get_subscription(request={"subscription": sub_path}, retry=None, timeout=ADMIN_TIMEOUT)
+            except exceptions.NotFound:
+                try:
+                    subscriber.create_subscription(
+                        request={"name": sub_path, "topic": topic, "ack_deadline_seconds": ACK_DEADLINE_SECONDS},
+                        retry=None, timeout=ADMIN_TIMEOUT,
+                    )  # fmt: skip
+                    created = True
+                except exceptions.AlreadyExists:
+                    pass
+                except exceptions.NotFound:
+                    raise SourceLost(
+                        f"topic {source.topic} of project {source.project} does not exist (any more): the Pub/Sub "
+                        "emulator keeps topics in memory, so a restart of it loses them",
+                        "waiting for the publisher to create the topic again; the subscription is then recreated",
+                    ) from None
+    finally:
+        subscriber.close()
+    return sub_path, created
 
 
 class PubSubStream:
@@ -94,13 +118,20 @@ class PubSubStream:
         self._subscriber: Any = None
         self._path = ""
         self.delivered = 0
+        self.notes: list[str] = []  # said once by the runner (e.g. a recreated subscription)
 
-    def start(self, *, batch_rows: int = 10_000) -> list[Any]:
+    def start(self, *, batch_rows: int = 10_000, reopen: bool = False) -> list[Any]:
+        """Subscribe; `reopen` (after a broken connection) never creates the topic, see ensure_subscription."""
         from google.api_core import exceptions
         from google.cloud import pubsub_v1
 
         try:
-            self._path = ensure_subscription(self.source)
+            self._path, created = ensure_subscription(self.source, create_topic=not reopen)
+            if created and reopen:
+                self.notes.append(
+                    f"subscription {self.source.subscription} was missing and is recreated on topic {self.source.topic}: "
+                    "messages published while it did not exist are not delivered to it"
+                )
             self._subscriber = pubsub_v1.SubscriberClient()
         except exceptions.GoogleAPICallError as exc:
             raise SourceLost(f"{self.source_ref}: cannot subscribe to {self.source.subscription}: {exc}",
@@ -117,6 +148,12 @@ class PubSubStream:
             )  # fmt: skip
         except exceptions.DeadlineExceeded:
             return []
+        except exceptions.NotFound as exc:
+            if not os.environ.get("PUBSUB_EMULATOR_HOST"):  # Google Cloud: durable, so gone means deleted
+                raise SourceGone(f"{self.source_ref}: subscription {self.source.subscription} does not exist: {exc}",
+                                 "create it (deploy/terraform) and restart `skyfed stream`") from None  # fmt: skip
+            raise SourceLost(f"{self.source_ref}: subscription {self.source.subscription} is gone (emulator restarted?)",
+                             "the streamer reconnects and recreates it once the topic exists") from None  # fmt: skip
         except exceptions.GoogleAPICallError as exc:
             raise SourceLost(f"{self.source_ref}: pulling from {self.source.subscription} failed: {exc}",
                              "the streamer reconnects and resumes") from None  # fmt: skip
@@ -145,8 +182,15 @@ class PubSubStream:
         results = self._commit([m.message for m in messages])
         crash_point("before_ack")
         ack_ids = [m.ack_id for m in messages]
-        for i in range(0, len(ack_ids), PULL_MAX):  # only now: the batch is durable
-            self._subscriber.acknowledge(request={"subscription": self._path, "ack_ids": ack_ids[i : i + PULL_MAX]})
+        from google.api_core import exceptions
+
+        try:
+            for i in range(0, len(ack_ids), PULL_MAX):  # only now: the batch is durable
+                self._subscriber.acknowledge(request={"subscription": self._path, "ack_ids": ack_ids[i : i + PULL_MAX]},
+                                             retry=None, timeout=ADMIN_TIMEOUT)  # fmt: skip
+        except exceptions.GoogleAPICallError as exc:  # committed; a redelivery is absorbed by the upsert by key
+            raise SourceLost(f"{self.source_ref}: acknowledging a committed batch failed: {exc}",
+                             "the streamer reconnects; redelivered messages are no-ops") from None  # fmt: skip
         self.delivered += len(messages)
         return BatchReport(self.source_ref, len(messages), results, None, time.monotonic() - started, None)
 

@@ -22,7 +22,7 @@ from skyfed.errors import SkyfedError
 from skyfed.home import sub_dir
 from skyfed.ingest.batch import select_mappings
 from skyfed.spec.models import Mapping, PlatformSpec
-from skyfed.stream.base import SourceLost
+from skyfed.stream.base import SourceGone, SourceLost
 
 STREAMABLE = ("postgres", "pubsub", "gcs")
 
@@ -126,7 +126,7 @@ def run(
             for r in src.start(batch_rows=max_rows):
                 stats[ref].upserted += r.upserted
                 stats[ref].quarantined += r.quarantined
-            write_status(stats[ref], src.describe() if hasattr(src, "describe") else {})
+            write_status(stats[ref], {"state": "streaming", **(src.describe() if hasattr(src, "describe") else {})})
         idle_since: dict[str, float] = {}
         while not stop.requested:
             for ref, src in streams.items():
@@ -137,7 +137,7 @@ def run(
                 except SourceLost as exc:
                     if on_event:
                         on_event(ref, f"{exc.message}; reconnecting")
-                    src = streams[ref] = _reopen(spec, ref, src, stop, max_rows)
+                    src = streams[ref] = _reopen(spec, ref, src, stop, max_rows, stats[ref], on_event)
                     if src is None:
                         break
                     continue
@@ -156,9 +156,15 @@ def run(
                     st.last_commit_at = datetime.now(timezone.utc).isoformat()
                     if report.last_commit_time is not None:
                         st.last_source_commit = report.last_commit_time.isoformat()
+                    if on_event:
+                        for r in report.results:
+                            for note in getattr(r, "notes", []):
+                                on_event(ref, note)
+                            for text, n in getattr(r, "warnings", {}).items():
+                                on_event(ref, f"{text} ({n} value(s))")
                     if on_batch:
                         on_batch(ref, report)
-                write_status(st, src.describe() if hasattr(src, "describe") else {})
+                write_status(st, {"state": "streaming", **(src.describe() if hasattr(src, "describe") else {})})
             if None in streams.values():
                 break
             if until_idle and len(idle_since) == len(streams):
@@ -172,20 +178,46 @@ def run(
     return stats
 
 
-def _reopen(spec: PlatformSpec, ref: str, old: Any, stop: _Stop, max_rows: int) -> Any:
-    """Reopen a source whose connection broke, resuming from its committed position; retries for
-    $SKYFED_STREAM_RECONNECT_SECONDS (default 120). None if stopped meanwhile."""
+def _reopen(spec: PlatformSpec, ref: str, old: Any, stop: _Stop, max_rows: int,
+            stats: SourceStats | None = None, on_event: Callable[[str, str], None] | None = None) -> Any:
+    """Reopen a source whose connection broke, resuming from its committed position; retries with
+    backoff (0.5 s doubling to 4 s) for $SKYFED_STREAM_RECONNECT_SECONDS (default 120), the status
+    file saying `reconnecting` and why meanwhile. None if stopped meanwhile. SourceGone is not
+    retried: reconnecting cannot help."""
     old.close()
     deadline = time.monotonic() + float(os.environ.get("SKYFED_STREAM_RECONNECT_SECONDS", "120"))
+    wait, said = 0.5, ""
     while not stop.requested:
         try:
             src = open_source(spec, ref, old.mappings)
-            src.start(batch_rows=max_rows)
-            return src
+        except SourceGone:
+            raise
         except SkyfedError as exc:
-            if time.monotonic() > deadline:
-                raise SkyfedError(f"{ref}: the source stayed unreachable: {exc.message}", exc.hint) from None
-            time.sleep(1.0)
+            src, error = None, exc
+        if src is not None:
+            try:
+                src.start(batch_rows=max_rows, reopen=True)
+                for note in getattr(src, "notes", []):
+                    if on_event:
+                        on_event(ref, note)
+                if stats is not None:
+                    write_status(stats, {"state": "streaming", "error": None})
+                return src
+            except SourceGone:
+                src.close()
+                raise
+            except SkyfedError as exc:
+                src.close()
+                error = exc
+        if stats is not None:
+            write_status(stats, {"state": "reconnecting", "error": error.message})
+        if on_event and error.message != said:
+            on_event(ref, f"{error.message}; retrying")
+            said = error.message
+        if time.monotonic() > deadline:
+            raise SkyfedError(f"{ref}: the source stayed unreachable: {error.message}", error.hint) from None
+        time.sleep(wait)
+        wait = min(wait * 2, 4.0)
     return None
 
 
@@ -205,6 +237,8 @@ def status(spec: PlatformSpec, selectors: Sequence[str] = ()) -> list[dict[str, 
             "lag_seconds": None,
             "lag_bytes": None,
             "undelivered_messages": None,
+            "state": saved.get("state"),  # streaming | reconnecting (written by the running streamer)
+            "error": saved.get("error"),
         }
         kind = row["kind"]
         if kind == "postgres":
