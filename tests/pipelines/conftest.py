@@ -55,10 +55,14 @@ GOVERNANCE = EXAMPLE.parent / "skyfed.governance.yaml"
 
 
 @pytest.fixture
-def cli():
+def cli(monkeypatch):
     """`skyfed ARGS...` in this process (typer's runner): the same entry point as a subprocess
-    without a new interpreter; use run_cli where the process itself matters (kill -9, signals)."""
+    without a new interpreter; use run_cli where the process itself matters (kill -9, signals).
+
+    `--spec` sets this process's $SKYFED_SPEC (skyfed.cli.specopt); monkeypatch restores it."""
     from typer.testing import CliRunner
+
+    monkeypatch.delenv("SKYFED_SPEC", raising=False)
 
     from skyfed.cli import _register, app
 

@@ -175,7 +175,8 @@ def run_cmd(
     from skyfed.pipelines.runner import run as run_models
     from skyfed.spec import load_spec
 
-    spec_path = spec or Path(os.environ.get("SKYFED_SPEC") or EXAMPLE_SPEC)
+    spec_path = (spec or Path(os.environ.get("SKYFED_SPEC") or EXAMPLE_SPEC)).resolve()
+    os.environ["SKYFED_SPEC"] = str(spec_path)  # files beside the spec (governance, models) are found from it
     if not as_json:
         err.print("[bold]starting the local federation[/] …")
     localenv.up()
