@@ -140,9 +140,86 @@ def test_fresh_materialized_view_answers_the_query(world) -> None:
     # ...unless the federation cannot answer: then the last good one, flagged stale with its age
     broken = world.spec.model_copy(deep=True)
     broken.regions["eu"].store.endpoint = "http://127.0.0.1:9"
-    stale = Server(project, connect(broken, cache=False, timeout=4), clock=lambda: clock_now[0]).query(sql)
+    # (governed as the models were built: the anonymous role; another role is never served a materialization)
+    stale = Server(project, connect(broken, governance=GOVERNANCE, cache=False, timeout=4),
+                   clock=lambda: clock_now[0]).query(sql)  # fmt: skip
     assert stale.stale and stale.report["age_seconds"] >= 7 * 3600 and "eu" in stale.report["stale_reason"]
     assert stale.arrow().num_rows == _read("fuel_efficiency").num_rows
+
+
+def _dashboard(project) -> str:
+    return project.models["fuel_efficiency"].sql + "\nORDER BY fuel_kg DESC LIMIT 5"
+
+
+def test_federation_answers_from_a_fresh_materialization(world) -> None:
+    """The planner hook: Federation.query itself answers from the materialized view, as the role it was built as."""
+    import time
+
+    from skyfed.errors import SkyfedError
+    from skyfed.pipelines.serve import attach, connect
+    from skyfed.query import connect as query_connect
+
+    project = load_project(MODELS)
+    sql = _dashboard(project)
+    # the example spec path: models/ beside it is attached, the governance file beside it makes the caller
+    # `anonymous`, the role the models were built as (test_airline_models_equal_ground_truth)
+    fed = connect(str(EXAMPLE), cache=False)
+    assert len(fed.answerers) == 1
+    got = fed.query(sql)
+    cur = state.current("fuel_efficiency")
+    assert got.report.strategy == "materialization" and got.report.regions == [] and got.report.bytes_shipped == 0
+    assert got.report.cache["model"] == "fuel_efficiency" and got.report.cache["build_id"] == cur["build_id"]
+    assert 0 <= got.report.cache["age_seconds"] < 6 * 3600 and not got.stale and got.report.cache["role"] == "anonymous"
+    live = fed.query(sql, use_cache=False)  # use_cache=False (as model builds do) always computes live
+    assert live.report.strategy != "materialization" and {r.region for r in live.report.regions} == {"latam", "eu", "na"}
+    assert got.arrow().column("fuel_kg").to_pylist() == live.arrow().column("fuel_kg").to_pylist()
+    assert got.arrow().column_names == live.arrow().column_names
+    assert not connect(str(EXAMPLE), cache=False, materializations=False).answerers
+    with pytest.raises(SkyfedError, match="query refused"):  # the guard still runs before any answerer
+        fed.query("DELETE FROM flight_leg")
+    # another role (other masks and row filters), or an ungoverned caller, is answered live
+    for other in (query_connect(str(EXAMPLE), role="analyst", cache=False), query_connect(world.spec, cache=False)):
+        attach(other, project)
+        res = other.query(sql)
+        assert res.report.strategy != "materialization" and res.report.regions, res.report.cache
+    # past the view's freshness target (6 h) the federation answers
+    later = query_connect(str(EXAMPLE), cache=False)
+    attach(later, project, clock=lambda: time.time() + 7 * 3600)
+    res = later.query(sql)
+    assert res.report.strategy != "materialization" and len(res.report.regions) == 3
+    assert res.arrow().column("fuel_kg").to_pylist() == got.arrow().column("fuel_kg").to_pylist()
+
+
+def test_federation_serves_the_last_good_materialization_when_a_region_is_down(world) -> None:
+    import time
+
+    from skyfed.errors import SkyfedError
+    from skyfed.pipelines.serve import attach
+    from skyfed.query import connect
+
+    project = load_project(MODELS)
+    sql = _dashboard(project)
+    broken = _broken_eu(world)
+    stored = _read("fuel_efficiency")
+
+    def fed(role: str | None = None, hours: float = 0.0):
+        f = connect(broken, governance=GOVERNANCE, role=role, cache=False, timeout=4)
+        attach(f, project, clock=lambda: time.time() + hours * 3600)
+        return f
+
+    fresh = fed().query(sql)  # fresh: no region is contacted at all, so eu being down does not matter
+    assert fresh.report.strategy == "materialization" and not fresh.stale
+    old = fed(hours=7).query(sql)  # too old to answer first; the live answer fails in eu; the last good one is served
+    assert old.stale and old.report.strategy == "materialization"
+    assert old.report.cache["age_seconds"] >= 7 * 3600 and "region eu" in old.report.cache["stale_reason"]
+    assert old.arrow().num_rows == min(5, stored.num_rows)
+    assert old.arrow().column("fuel_kg").to_pylist() == sorted(stored.column("fuel_kg").to_pylist(), reverse=True)[:5]
+    partial = fed(hours=7).query(sql, allow_partial=True)  # asked for a partial answer: that is what it gets
+    assert partial.partial and not partial.stale and [m["region"] for m in partial.missing] == ["eu"]
+    with pytest.raises(SkyfedError, match="region eu"):  # no materialization answers this one
+        fed(hours=7).query("SELECT region, count(*) AS n FROM flight_leg GROUP BY region")
+    with pytest.raises(SkyfedError, match="region eu"):  # nor another role's query
+        fed(role="analyst", hours=7).query(sql)
 
 
 def test_report_and_summary(world, tmp_path) -> None:

@@ -130,6 +130,7 @@ def execute(ctx: Context, tree: exp.Expression, allow_partial: bool,
             "rows_shipped": rep.rows_shipped}  # fmt: skip
     if getattr(fed, "role", None):
         info["role"] = fed.role
+        info["policy"] = fed.governor.fingerprint()  # serving checks the caller has the same role and policies
     return result.arrow(), list(result.missing), info
 
 
@@ -404,7 +405,8 @@ def _build(ctx: Context, model: Model, *, full_refresh: bool, backfill: tuple[An
         crash_point("pipelines.part_written")
         new_parts[part] = {"path": path, "rows": table.num_rows, "built_at": now, "checked_at": now,
                            "versions": versions, "sql_hash": model.sql_hash, "stale": False,
-                           "missing": [m["region"] for m in missing]}  # fmt: skip
+                           "missing": [m["region"] for m in missing],
+                           "role": info.get("role"), "policy": info.get("policy")}  # fmt: skip
         changed = True
     actions = {p["action"] for p in detail["parts"].values()}
     status = "stale" if "stale" in problems else "partial" if "partial" in problems else "ok"

@@ -10,12 +10,19 @@ within its freshness target (a run that finds its inputs unchanged restarts the 
 the live federated answer; and when a region is down, the last good materialization of a
 matching model (any age), flagged `stale` with its age. Queries that name models directly
 (`SELECT ... FROM route_profitability`) run in the local warehouse.
+
+`attach(fed, models)` registers `Server.answerer` on a Federation (`fed.answerers`), so that
+`fed.query(sql)` itself answers from a fresh materialization and falls back to a stale one
+when a region fails (the query layer cannot import this one: the hook is a plain callable).
+A materialization answers only a caller with the role (and policies) it was built as.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -25,7 +32,7 @@ from sqlglot import exp
 
 from skyfed.errors import SkyfedError
 from skyfed.pipelines import state
-from skyfed.pipelines.project import Project
+from skyfed.pipelines.project import Project, load_project
 
 
 def normalize(tree: exp.Expression) -> str:
@@ -133,7 +140,7 @@ class Server:
                   "age_seconds": round(now - checked, 3), "built_at": cur["built_at"],
                   "stale_parts": sorted(k for k, p in cur["parts"].items() if p.get("stale")),
                   "regions_contacted": 0, "bytes_shipped": 0, "result_rows": table.num_rows,
-                  "total_seconds": round(time.perf_counter() - started, 6), **flags}  # fmt: skip
+                  "total_seconds": round(time.perf_counter() - started, 6), **_built_as(cur), **flags}  # fmt: skip
         return Served(table, report)
 
     def answer(self, sql: str) -> Served | None:
@@ -153,10 +160,29 @@ class Server:
             return None
         return self._serve(name, cur, order, limit, started, stale=False, freshness_seconds=fresh_for)
 
+    def answerer(self, sql: str, stale: bool = False) -> tuple[pa.Table, dict[str, Any]] | None:
+        """The Federation hook: a fresh materialization's (table, info), or with `stale` the last good one of
+        any age; info names the model, build, age and the role and policy fingerprint the parts were built as."""
+        if not stale:
+            served = self.answer(sql)
+        else:
+            hit = self.match(sql)
+            cur = state.current(hit[0]) if hit else None
+            served = self._serve(hit[0], cur, hit[1], hit[2], time.perf_counter(), stale=True) if hit and cur else None
+        if served is None:
+            return None
+        return served.table, served.report
+
+    def _role_ok(self, report: dict[str, Any]) -> bool:
+        """The federation's caller has the role and policies the materialization was built as."""
+        gov = getattr(self.fed, "governor", None)
+        policy = gov.fingerprint() if gov is not None else None
+        return report.get("role") == getattr(self.fed, "role", None) and report.get("policy") == policy
+
     def query(self, sql: str, allow_stale: bool = True) -> Any:
         """Fresh materialization, else federated; on a region failure the last good materialization, flagged stale."""
         served = self.answer(sql)
-        if served is not None:
+        if served is not None and (self.fed is None or self._role_ok(served.report)):
             return served
         if self.fed is None:
             raise SkyfedError("no fresh materialization answers this query and no federation is connected")
@@ -168,7 +194,49 @@ class Server:
             if hit is None or cur is None or "region" not in exc.message:
                 raise
             started = time.perf_counter()
-            return self._serve(hit[0], cur, hit[1], hit[2], started, stale=True, stale_reason=exc.message)
+            served = self._serve(hit[0], cur, hit[1], hit[2], started, stale=True, stale_reason=exc.message)
+            if not self._role_ok(served.report):
+                raise
+            return served
+
+
+def _built_as(cur: dict[str, Any]) -> dict[str, Any]:
+    """The role and policy fingerprint every part was built as; a marker that matches no caller when they differ."""
+    roles = {(p.get("role"), p.get("policy")) for p in cur["parts"].values()}
+    role, policy = roles.pop() if len(roles) == 1 else ("<mixed roles>", "<mixed>")
+    return {"role": role, "policy": policy}
+
+
+def attach(fed: Any, models: Project | str | Path | None = None, *, spec_path: str | Path | None = None,
+           clock: Any = time.time) -> Server | None:
+    """Register a Server for `models` (a Project or folder; default `models/` beside `spec_path`) as an
+    answerer on `fed`; None (nothing registered) when no models folder exists."""
+    if models is None:
+        if spec_path is None:
+            return None
+        models = Path(spec_path).resolve().parent / "models"
+    if not isinstance(models, Project):
+        if not Path(models).is_dir():
+            return None
+        models = load_project(models)
+    server = Server(models, fed, clock=clock)
+    fed.answerers.append(server.answerer)
+    return server
+
+
+def connect(spec_path: Any = None, *, materializations: Project | str | Path | bool | None = None,
+            **options: Any) -> Any:  # fmt: skip
+    """`skyfed.query.connect(spec_path, **options)` whose queries are answered from fresh materializations
+    (and stale ones when a region fails): `materializations` is the models folder or Project, default
+    `models/` beside the spec when it exists; False: none."""
+    from skyfed.query import connect as query_connect
+    from skyfed.spec import PlatformSpec
+
+    fed = query_connect(spec_path, **options)
+    if materializations is not False:  # a PlatformSpec has no folder: only an explicit models folder is attached
+        path = None if isinstance(spec_path, PlatformSpec) else (spec_path or os.environ.get("SKYFED_SPEC") or "skyfed.yaml")
+        attach(fed, None if materializations in (None, True) else materializations, spec_path=path)  # type: ignore[arg-type]
+    return fed
 
 
 def _order_limit(table: pa.Table, order: Any, limit: Any) -> pa.Table | None:

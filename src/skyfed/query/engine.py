@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,10 @@ class QueryReport:
     def from_cache(self) -> bool:
         return self.cache.get("status") == "hit"
 
+    @property
+    def from_materialization(self) -> bool:
+        return self.cache.get("status") == "materialization"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -111,6 +116,11 @@ class Result:
     @property
     def missing(self) -> list[dict[str, str]]:
         return self.report.missing
+
+    @property
+    def stale(self) -> bool:
+        """Answered from the last good materialization because a region failed (report.cache has its age)."""
+        return bool(self.report.cache.get("stale"))
 
     def arrow(self) -> pa.Table:
         return self._table
@@ -155,6 +165,10 @@ class Federation:
         # bind step results (the answer's schema, each fragment's column types) by statement shape: the
         # same SQL over the same catalog and reference-file versions binds to the same types (bind_key)
         self._binds: dict[tuple[Any, ...], tuple[pa.Schema, dict[str, list[tuple]]]] = {}
+        # registered from above (skyfed.pipelines.serve.attach): `answer(sql, stale=False) -> (table, info) | None`;
+        # info names model, build_id, age_seconds and the role (and policy fingerprint) it was built as
+        self.answerers: list[Callable[..., tuple[pa.Table, dict[str, Any]] | None]] = []
+        self._read_only: set[str] = set()  # SQL texts that passed the read-only guard
 
     @property
     def role(self) -> str | None:
@@ -331,6 +345,15 @@ class Federation:
         """
         started = time.perf_counter()
         timeout = self.timeout if timeout is None else timeout
+        if use_cache and self.answerers:  # use_cache=False (model builds, --no-cache) always computes live
+            if sql not in self._read_only:  # the guard is a function of the text: a dashboard's repeats skip it
+                check_read_only(sql)
+                if len(self._read_only) >= 1024:
+                    self._read_only.clear()
+                self._read_only.add(sql)
+            served = self._materialized(sql, started)
+            if served is not None:
+                return served
         plan = self.plan(sql)
         phases: dict[str, float] = {"plan": time.perf_counter() - started}
         key: str | None = None
@@ -380,6 +403,9 @@ class Federation:
             failed = [r for r in reports.values() if r.status != "ok"]
             if failed and not allow_partial:
                 what = "; ".join(f"region {r.region} {'timed out' if r.status == 'timeout' else 'failed'}: {r.error}" for r in failed)
+                served = self._materialized(sql, started, stale_reason=what) if use_cache and self.answerers else None
+                if served is not None:  # the last good materialization, flagged stale with its age
+                    return served
                 raise SkyfedError(
                     what,
                     "check the region's store and service, raise the timeout, or pass allow_partial=True "
@@ -430,6 +456,30 @@ class Federation:
                                             "strategy": plan.strategy, "bytes_shipped": report.bytes_shipped})  # fmt: skip
                 cache_info["stored"] = True
         return Result(table, report, plan)
+
+    def _materialized(self, sql: str, started: float, stale_reason: str | None = None) -> Result | None:
+        """The first registered answerer's hit, as a Result (None: plan and run). Only a materialization
+        built as the caller's role under the same policies answers (ungoverned builds: ungoverned callers)."""
+        stale = stale_reason is not None
+        policy = self.governor.fingerprint() if self.governor is not None else None
+        for answer in self.answerers:
+            got = answer(sql, stale=stale)
+            if got is None:
+                continue
+            table, info = got
+            if info.get("role") != self.role or info.get("policy") != policy:
+                continue  # another role's masks and row filters: fall through to the federated answer
+            cache = {"status": "materialization", "model": info.get("model"), "build_id": info.get("build_id"),
+                     "age_seconds": info.get("age_seconds"), "built_at": info.get("built_at"), "role": self.role,
+                     "stale": stale, **({"stale_reason": stale_reason} if stale else {})}  # fmt: skip
+            plan = Plan(sql=sql, strategy="materialization", fragments=[], coordinator_sql="", bind_sql="",
+                        reference_tables=[], notes=[f"answered from the materialization of model {info.get('model')}"])  # fmt: skip
+            report = QueryReport(strategy="materialization", coordinator_region=self.coordinator, plan_ms=0.0,
+                                 regions=[], pruned={}, rows_shipped=0, bytes_shipped=0, egress_usd=0.0,
+                                 merge_seconds=0.0, total_seconds=round(time.perf_counter() - started, 4),
+                                 result_rows=table.num_rows, cache=cache)  # fmt: skip
+            return Result(table, report, plan)
+        return None
 
     # ----------------------------------------------------------------- cache helpers
 
