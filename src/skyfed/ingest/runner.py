@@ -36,7 +36,18 @@ from sqlglot import exp, parse_one
 
 from skyfed.connectors.base import ReadRequest, Reject
 from skyfed.connectors.registry import connector_for
-from skyfed.contracts.harmonize import CURSOR, reason_rule, FAIL, PROVENANCE, QUARANTINE, RAW, SEQ, WARN, compile_mapping, q
+from skyfed.contracts.harmonize import (
+    CURSOR,
+    FAIL,
+    PROVENANCE,
+    QUARANTINE,
+    RAW,
+    SEQ,
+    WARN,
+    compile_mapping,
+    q,
+    reason_rule,
+)
 from skyfed.contracts.types import contract_schema, duckdb_type, duckdb_types_of
 from skyfed.errors import SkyfedError
 from skyfed.governance.drift import check_drift
@@ -44,7 +55,7 @@ from skyfed.home import sub_dir
 from skyfed.ingest.positions import position_from_json, position_to_json
 from skyfed.ingest.reference import prepare_reference
 from skyfed.ingest.stores import open_store
-from skyfed.ingest.stores.base import QUARANTINE_SCHEMA
+from skyfed.ingest.stores.base import QUARANTINE_SCHEMA, quarantine_records
 from skyfed.spec.issues import nearest
 from skyfed.spec.models import Mapping, PlatformSpec
 
@@ -324,23 +335,9 @@ def _quarantine_rows(bad: pa.Table, mapping: Mapping, run_id: str, region: str) 
         )
     else:
         location = _key_location(bad, mapping)
-    cursor = pc.cast(bad[CURSOR], pa.string()) if bad[CURSOR].type != pa.null() else pa.nulls(n, pa.string())
-    return pa.table(
-        {
-            "run_id": pa.array([run_id] * n, pa.string()),
-            "region": pa.array([region] * n, pa.string()),
-            "mapping": pa.array([mapping.name] * n, pa.string()),
-            "contract": pa.array([mapping.contract] * n, pa.string()),
-            "source": pa.array([mapping.source] * n, pa.string()),
-            "source_table": pa.array([mapping.table] * n, pa.string()),
-            "location": location,
-            "cursor": cursor,
-            "reasons": bad[QUARANTINE],
-            "reason": pc.binary_join(bad[QUARANTINE], "; "),
-            "raw": bad[RAW],
-            "quarantined_at": pa.array([_now()] * n, pa.timestamp("us", tz="UTC")),
-        },
-        schema=QUARANTINE_SCHEMA,
+    cursor = pc.cast(bad[CURSOR], pa.string()) if bad[CURSOR].type != pa.null() else None
+    return quarantine_records(
+        mapping, region, run_id, location=location, reasons=bad[QUARANTINE], raw=bad[RAW], n=n, cursor=cursor
     )
 
 
@@ -364,24 +361,13 @@ def _json_path(key: str) -> str:
 
 
 def _reject_rows(rejects: list[Reject], mapping: Mapping, run_id: str, region: str) -> pa.Table:
-    n = len(rejects)
-    return pa.table(
-        {
-            "run_id": [run_id] * n,
-            "region": [region] * n,
-            "mapping": [mapping.name] * n,
-            "contract": [mapping.contract] * n,
-            "source": [mapping.source] * n,
-            "source_table": [mapping.table] * n,
-            "location": [r.location for r in rejects],
-            "cursor": pa.nulls(n, pa.string()),
-            "reasons": [[r.reason] for r in rejects],
-            "reason": [r.reason for r in rejects],
-            "raw": [r.raw for r in rejects],
-            "quarantined_at": pa.array([_now()] * n, pa.timestamp("us", tz="UTC")),
-        },
-        schema=QUARANTINE_SCHEMA,
-    )
+    return quarantine_records(
+        mapping, region, run_id,
+        location=pa.array([r.location for r in rejects], pa.string()),
+        reasons=[[r.reason] for r in rejects],
+        raw=pa.array([r.raw for r in rejects], pa.string()),
+        n=len(rejects),
+    )  # fmt: skip
 
 
 def _stage_quarantine(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> None:
@@ -423,11 +409,6 @@ def _deduplicated(con: duckdb.DuckDBPyConnection, contract: Any, staged: bool) -
         f"UNION ALL SELECT {cols} FROM (SELECT * FROM stage SEMI JOIN repeated USING ({key}) {latest})"
     )
 
-
-def _now() -> Any:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc)
 
 
 def crash_point(name: str) -> None:

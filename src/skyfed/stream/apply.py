@@ -19,7 +19,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import duckdb
@@ -37,7 +36,11 @@ from skyfed.contracts.harmonize import (
 from skyfed.contracts.types import contract_schema, duckdb_type
 from skyfed.errors import SkyfedError
 from skyfed.ingest.reference import prepare_reference
-from skyfed.ingest.stores.base import QUARANTINE_SCHEMA, CuratedStore
+from skyfed.ingest.stores.base import (
+    QUARANTINE_SCHEMA,
+    CuratedStore,
+    quarantine_records,
+)
 from skyfed.spec.models import Mapping, PlatformSpec
 
 OP = "__op"  # I (insert), U (update), D (delete)
@@ -312,34 +315,3 @@ class MappingApplier:
         return quarantine_records(
             self.mapping, self.region, run_id, location=loc, reasons=bad[QUARANTINE], raw=bad[RAW], n=n
         )
-
-
-def quarantine_records(
-    mapping: Mapping,
-    region: str,
-    run_id: str,
-    *,
-    location: Any,
-    reasons: Any,
-    raw: Any,
-    n: int,
-) -> pa.Table:
-    """Quarantine (dead-letter) records of `mapping`: where, why and the raw record."""
-    reasons = pa.array(reasons, pa.list_(pa.string())) if isinstance(reasons, list) else reasons
-    return pa.table(
-        {
-            "run_id": pa.array([run_id] * n, pa.string()),
-            "region": pa.array([region] * n, pa.string()),
-            "mapping": pa.array([mapping.name] * n, pa.string()),
-            "contract": pa.array([mapping.contract] * n, pa.string()),
-            "source": pa.array([mapping.source] * n, pa.string()),
-            "source_table": pa.array([mapping.table] * n, pa.string()),
-            "location": location,
-            "cursor": pa.nulls(n, pa.string()),
-            "reasons": reasons,
-            "reason": pc.binary_join(reasons, "; "),
-            "raw": raw,
-            "quarantined_at": pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("us", tz="UTC")),
-        },
-        schema=QUARANTINE_SCHEMA,
-    )

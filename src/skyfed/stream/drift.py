@@ -21,9 +21,10 @@ import pyarrow.compute as pc
 from skyfed.connectors.base import Reject
 from skyfed.connectors.postgres import arrow_type
 from skyfed.governance.drift import DriftPlan
+from skyfed.ingest.stores.base import quarantine_records
 from skyfed.spec.models import Mapping
 from skyfed.stream import pgoutput as pgo
-from skyfed.stream.apply import OP, quarantine_records
+from skyfed.stream.apply import OP
 
 _TYPES_SQL = "SELECT oid::bigint, typname, typtype FROM pg_type WHERE oid = ANY(%s::oid[])"
 

@@ -32,8 +32,9 @@ from skyfed.contracts.harmonize import SEQ
 from skyfed.errors import SkyfedError
 from skyfed.ingest.runner import referenced_columns
 from skyfed.ingest.stores import open_store
+from skyfed.ingest.stores.base import quarantine_records
 from skyfed.spec.models import Mapping, PlatformSpec, PubSubSource
-from skyfed.stream.apply import OP, MappingApplier, quarantine_records
+from skyfed.stream.apply import OP, MappingApplier
 from skyfed.stream.base import BatchReport, SourceGone, SourceLost, crash_point
 
 ACK_DEADLINE_SECONDS = 10  # for subscriptions skyfed creates (emulator): a crash's messages come back soon

@@ -19,6 +19,7 @@ import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
@@ -277,6 +278,42 @@ def check_contract_name(contract_name: str) -> None:
             f"the contract name {contract_name!r} is reserved by the curated store",
             "rename the contract",
         )
+
+
+def quarantine_records(
+    mapping: Any,
+    region: str,
+    run_id: str,
+    *,
+    location: Any,
+    reasons: Any,
+    raw: Any,
+    n: int,
+    cursor: Any = None,
+) -> pa.Table:
+    """Quarantine (dead-letter) records of `mapping`: where, why and the raw record.
+
+    The one builder of the record shape for batch rows, connector rejects and streamed
+    messages; `reasons` is a list-of-strings array (or a Python list of lists).
+    """
+    reasons = pa.array(reasons, pa.list_(pa.string())) if isinstance(reasons, list) else reasons
+    return pa.table(
+        {
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "region": pa.array([region] * n, pa.string()),
+            "mapping": pa.array([mapping.name] * n, pa.string()),
+            "contract": pa.array([mapping.contract] * n, pa.string()),
+            "source": pa.array([mapping.source] * n, pa.string()),
+            "source_table": pa.array([mapping.table] * n, pa.string()),
+            "location": location,
+            "cursor": pa.nulls(n, pa.string()) if cursor is None else cursor,
+            "reasons": reasons,
+            "reason": pa.compute.binary_join(reasons, "; "),
+            "raw": raw,
+            "quarantined_at": pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("us", tz="UTC")),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
 
 
 def quarantine_rows(rows: pa.Table, *, run_id: str, region: str, now: Any) -> pa.Table:
