@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import EXAMPLE, GOVERNANCE, MODELS
+from tests.pipelines.conftest import EXAMPLE, GOVERNANCE, MODELS
 from pipeline_truth import (
     ROUTE,
     assert_frames_match,

@@ -151,13 +151,19 @@ def shell(
     spec: str = SpecOption,
     models_dir: str = ModelsOption,
     execute: list[str] = typer.Option(None, "--execute", "-e", help="Run these lines and exit (no prompt)."),
+    role: str = typer.Option(None, "--role", help="Governance role (default $SKYFED_ROLE; anonymous with a governance file)."),
 ) -> None:
     """Interactive SQL over the federation and the models, with history and completion."""
+    from skyfed.governance.config import governance_path
     from skyfed.home import sub_dir
-    from skyfed.pipelines.runner import federation
+    from skyfed.pipelines.serve import attach
     from skyfed.pipelines.shell import ShellCore
+    from skyfed.query import connect
 
-    core = ShellCore(federation(load(spec)), _project(spec, models_dir))
+    platform = load(spec)
+    fed = connect(platform, cache=False, role=role, governance=governance_path(_spec_path(spec), None))
+    attach(fed, spec_path=_spec_path(spec))  # fresh materialized views answer, as in `skyfed query`
+    core = ShellCore(fed, _project(spec, models_dir))
     if execute:
         failed = False
         for line in execute:

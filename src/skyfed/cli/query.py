@@ -55,6 +55,10 @@ def query(
 
     gov_path = governance_path(spec or os.environ.get("SKYFED_SPEC") or "skyfed.yaml", governance)
     fed = connect(load(spec), coordinator=coordinator, role=role, governance=gov_path, **options)
+    if not no_cache:  # fresh materialized views (models/ beside the spec) answer first; stale ones when a region fails
+        from skyfed.pipelines.serve import attach
+
+        attach(fed, spec_path=os.environ.get("SKYFED_SPEC") or spec or "skyfed.yaml")
     if explain:
         emit(fed.explain(sql), as_json, _render_plan)
         return
@@ -85,6 +89,10 @@ def query(
     if result.partial:
         for m in result.missing:
             err.print(f"[bold yellow]partial answer:[/] region {m['region']} is missing: {m['error']}", highlight=False)
+    if result.stale:
+        c = result.report.cache
+        err.print(f"[bold yellow]stale answer:[/] from the materialization of {c.get('model')}, "
+                  f"{c.get('age_seconds', 0):.0f} s old, because {c.get('stale_reason')}", highlight=False)
     if result.report.from_cache:
         err.print(f"[dim]answer from the result cache ({result.report.cache['age_seconds']:.1f} s old)[/]", highlight=False)
     if report and not (fmt == "json" and not out_path):
@@ -117,6 +125,12 @@ def _render_table(table: Any, limit: int = 200) -> None:
 
 
 def _render_report(rep: dict[str, Any]) -> None:
+    if rep["strategy"] == "materialization":
+        c = rep["cache"]
+        err.print(f"  answered from the materialization of {c['model']} (build {c['build_id']}, "
+                  f"{c['age_seconds']:.0f} s old" + (f"; STALE: {c['stale_reason']}" if c.get("stale") else "")
+                  + "); no region contacted", highlight=False)  # fmt: skip
+        return
     view = Table(title=f"query report: {rep['strategy']}, coordinator in {rep['coordinator_region']}")
     for col in ("region", "engine", "status", "rows", "bytes", "s", "scanned", "egress $"):
         view.add_column(col, justify="left" if col in ("region", "engine", "status") else "right")
