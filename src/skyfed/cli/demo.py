@@ -201,6 +201,8 @@ def run_cmd(
     }
     if not as_json:
         _render_ingest(report)
+    report["stream"] = _live_events(platform, quiet=as_json)
+    if not as_json:
         err.print("[bold]building the airline models (route profitability, fuel efficiency, satisfaction)[/] …")
     models = run_models(platform, default_models_dir(spec_path), full_refresh=True)
     report_path = write_report()
@@ -220,3 +222,37 @@ def run_cmd(
         )
     if not inv["ok"] or failures or not all(r["identical"] for r in report["verification"]) or not models["ok"]:
         raise typer.Exit(1)
+
+
+def _live_events(platform: Any, *, quiet: bool, seconds: float = 3.0, rate: float = 50.0) -> dict[str, Any] | None:
+    """Publish a short live flight-status feed and stream it into na's store (when the Pub/Sub emulator runs).
+
+    The streamer runs once before publishing so that its subscription exists: Pub/Sub
+    delivers only to subscriptions that exist when a message is published.
+    """
+    import os
+
+    from skyfed.demo.events import publish_feed
+    from skyfed.stream import runner as stream_runner
+
+    sources = [(f"{r}.{n}", src) for r, reg in platform.regions.items() for n, src in reg.sources.items()
+               if src.kind == "pubsub" and any(m.source == f"{r}.{n}" for m in platform.mappings)]  # fmt: skip
+    if not sources or not os.environ.get("PUBSUB_EMULATOR_HOST"):
+        if not quiet:
+            err.print("[dim]no Pub/Sub emulator here: the live event feed is skipped (see `skyfed status`)[/]")
+        return None
+    ref, src = sources[0]
+    if not quiet:
+        err.print(f"[bold]publishing a live flight-status feed to {src.topic} and streaming it ({ref})[/] …")
+    stream_runner.run(platform, [ref], until_idle=True, idle_seconds=1.0)  # creates the subscription
+    published = publish_feed(src.project, src.topic, rate=rate, seconds=seconds, poison_every=40, resend_every=25)
+    stats = stream_runner.run(platform, [ref], until_idle=True, idle_seconds=2.0)[ref].to_dict()
+    result = {"source": ref, "published": published, "streamed": stats}
+    if not quiet:
+        out.print(
+            f"live events: published {published['events']} events, {published['poison']} malformed and "
+            f"{published['resent']} re-sent; streamed {stats['upserted']} into {ref.split('.')[0]}'s store, "
+            f"{stats['quarantined']} to quarantine (dead letters), duplicates dropped by event id",
+            highlight=False,
+        )
+    return result
