@@ -55,14 +55,16 @@ GOVERNANCE = EXAMPLE.parent / "skyfed.governance.yaml"
 
 
 @pytest.fixture
-def cli(monkeypatch):
+def cli() -> Iterator:
     """`skyfed ARGS...` in this process (typer's runner): the same entry point as a subprocess
     without a new interpreter; use run_cli where the process itself matters (kill -9, signals).
 
-    `--spec` sets this process's $SKYFED_SPEC (skyfed.cli.specopt); monkeypatch restores it."""
+    `--spec` sets this process's $SKYFED_SPEC (skyfed.cli.specopt); it is restored after the
+    test, set or unset, so later modules do not find this spec's governance file (monkeypatch's
+    delenv of an unset variable records nothing to restore)."""
     from typer.testing import CliRunner
 
-    monkeypatch.delenv("SKYFED_SPEC", raising=False)
+    saved = os.environ.pop("SKYFED_SPEC", None)
 
     from skyfed.cli import _register, app
 
@@ -73,4 +75,10 @@ def cli(monkeypatch):
         res = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
         return res.exit_code, res.stdout, res.stderr
 
-    return invoke
+    try:
+        yield invoke
+    finally:
+        if saved is None:
+            os.environ.pop("SKYFED_SPEC", None)
+        else:
+            os.environ["SKYFED_SPEC"] = saved
