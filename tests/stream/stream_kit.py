@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,20 @@ def need_env(*names: str) -> dict[str, str]:
         "(tests/conftest.py) must be running the local services"
     )
     return {n: os.environ[n] for n in names}
+
+
+@contextmanager
+def skyfed_home(home: Path) -> Iterator[Path]:
+    """SKYFED_HOME points at `home` for a module's fixture, then back to what it was."""
+    saved = os.environ.get("SKYFED_HOME")
+    os.environ["SKYFED_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if saved is None:
+            os.environ.pop("SKYFED_HOME", None)
+        else:
+            os.environ["SKYFED_HOME"] = saved
 
 
 def pg(database: str = "skyfed", autocommit: bool = True) -> psycopg.Connection[Any]:

@@ -3,10 +3,9 @@ ingested once, polled by generation, the generations committed as the position."
 
 from __future__ import annotations
 
-import os
 
 import pytest
-from stream_kit import load, need_env, write_spec
+from stream_kit import load, need_env, skyfed_home, write_spec
 
 from skyfed.ingest.stores import open_store
 from skyfed.stream import runner
@@ -23,31 +22,24 @@ def setup(federation, tmp_path_factory):
 
     need_env("STORAGE_EMULATOR_HOST")
     home = tmp_path_factory.mktemp("stream-files-home")
-    saved = os.environ.get("SKYFED_HOME")
-    os.environ["SKYFED_HOME"] = str(home)
-    client = storage.Client(project="stream-test", credentials=AnonymousCredentials())
-    bucket = client.bucket(BUCKET)
-    if not bucket.exists():
-        bucket = client.create_bucket(BUCKET)
-    doc = {
-        "skyfed": 1, "name": "filestest",
-        "regions": {"na": {"project": "p", "location": "us-east1",
-                           "store": {"kind": "iceberg", "warehouse": "${SKYFED_HOME}/warehouse/na"},
-                           "sources": {"drops": {"kind": "gcs", "bucket": BUCKET, "prefix": "in",
-                                                 "endpoint": "${STORAGE_EMULATOR_HOST}",
-                                                 "tables": {"readings": {"pattern": "readings/*.csv", "format": "csv"}}}}}},
-        "contracts": {"reading": {"version": 1, "key": ["reading_id"], "columns": {
-            "reading_id": {"type": "string", "nullable": False}, "value": {"type": "double", "checks": {"min": 0}}}}},
-        "mappings": [{"name": "na_readings", "source": "na.drops", "table": "readings", "contract": "reading",
-                      "key": ["id"], "columns": {"reading_id": "'R-' || id", "value": "TRY_CAST(v AS DOUBLE)"}}],
-    }  # fmt: skip
-    try:
+    with skyfed_home(home):
+        client = storage.Client(project="stream-test", credentials=AnonymousCredentials())
+        bucket = client.bucket(BUCKET)
+        if not bucket.exists():
+            bucket = client.create_bucket(BUCKET)
+        doc = {
+            "skyfed": 1, "name": "filestest",
+            "regions": {"na": {"project": "p", "location": "us-east1",
+                               "store": {"kind": "iceberg", "warehouse": "${SKYFED_HOME}/warehouse/na"},
+                               "sources": {"drops": {"kind": "gcs", "bucket": BUCKET, "prefix": "in",
+                                                     "endpoint": "${STORAGE_EMULATOR_HOST}",
+                                                     "tables": {"readings": {"pattern": "readings/*.csv", "format": "csv"}}}}}},
+            "contracts": {"reading": {"version": 1, "key": ["reading_id"], "columns": {
+                "reading_id": {"type": "string", "nullable": False}, "value": {"type": "double", "checks": {"min": 0}}}}},
+            "mappings": [{"name": "na_readings", "source": "na.drops", "table": "readings", "contract": "reading",
+                          "key": ["id"], "columns": {"reading_id": "'R-' || id", "value": "TRY_CAST(v AS DOUBLE)"}}],
+        }  # fmt: skip
         yield bucket, load(write_spec(home / "skyfed.yaml", doc))
-    finally:
-        if saved is None:
-            os.environ.pop("SKYFED_HOME", None)
-        else:
-            os.environ["SKYFED_HOME"] = saved
 
 
 def _rows(spec) -> dict[str, float]:

@@ -16,6 +16,7 @@ import time
 
 import pytest
 from stream_kit import (
+    skyfed_home,
     committed_position,
     curated,
     expected_items,
@@ -40,17 +41,10 @@ DB = "skyfed_stream_cdc"
 @pytest.fixture(scope="module")
 def setup(federation, tmp_path_factory):
     home = tmp_path_factory.mktemp("stream-home")
-    saved = os.environ.get("SKYFED_HOME")
-    os.environ["SKYFED_HOME"] = str(home)
-    try:
+    with skyfed_home(home):
         fresh_database(DB)
         path = write_spec(home / "skyfed.yaml", spec_doc(DB, "cdctest"))
         yield home, path, load(path)
-    finally:
-        if saved is None:
-            os.environ.pop("SKYFED_HOME", None)
-        else:
-            os.environ["SKYFED_HOME"] = saved
 
 
 def _same(spec) -> None:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from stream_kit import events_spec_doc, load, need_env, write_spec
+from stream_kit import events_spec_doc, load, need_env, skyfed_home, write_spec
 
 from skyfed.ingest.stores import open_store
 from skyfed.stream import runner
@@ -44,18 +44,11 @@ def _event(i: int, **over) -> bytes:
 def setup(federation, tmp_path_factory):
     need_env("PUBSUB_EMULATOR_HOST")
     home = tmp_path_factory.mktemp("stream-pubsub-home")
-    saved = os.environ.get("SKYFED_HOME")
-    os.environ["SKYFED_HOME"] = str(home)
-    try:
+    with skyfed_home(home):
         path = write_spec(home / "skyfed.yaml", events_spec_doc("pubsubtest", "flight-events-test"))
         spec = load(path)
         runner.run(spec, ["na.events"], until_idle=True, idle_seconds=0.5)  # creates topic and subscription
         yield home, path, spec
-    finally:
-        if saved is None:
-            os.environ.pop("SKYFED_HOME", None)
-        else:
-            os.environ["SKYFED_HOME"] = saved
 
 
 def _table(spec, name="flight_status_event"):

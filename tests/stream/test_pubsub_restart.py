@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from stream_kit import events_spec_doc, load, need_env, write_spec
+from stream_kit import events_spec_doc, load, need_env, skyfed_home, write_spec
 
 from skyfed.errors import SkyfedError
 from skyfed.ingest.stores import open_store
@@ -63,18 +63,11 @@ def _wait(what: str, check, proc: subprocess.Popen, seconds: float = 60) -> None
 def setup(federation, tmp_path_factory):
     need_env("PUBSUB_EMULATOR_HOST")
     home = tmp_path_factory.mktemp("stream-pubsub-restart-home")
-    saved = os.environ.get("SKYFED_HOME")
-    os.environ["SKYFED_HOME"] = str(home)
-    try:
+    with skyfed_home(home):
         path = write_spec(home / "skyfed.yaml", events_spec_doc("pubsubrestart", TOPIC))
         spec = load(path)
         runner.run(spec, ["na.events"], until_idle=True, idle_seconds=0.3)  # creates topic and subscription
         yield federation, home, path, spec
-    finally:
-        if saved is None:
-            os.environ.pop("SKYFED_HOME", None)
-        else:
-            os.environ["SKYFED_HOME"] = saved
 
 
 def test_emulator_restart_mid_stream(setup, run_cli):

@@ -9,11 +9,11 @@ and a new snapshot bring the curated table back to the source (checksums).
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 from stream_kit import (
+    skyfed_home,
     curated,
     expected_items,
     fresh_database,
@@ -35,22 +35,17 @@ DB = "skyfed_stream_slot"
 @pytest.fixture(scope="module")
 def setup(federation, tmp_path_factory):
     home = tmp_path_factory.mktemp("stream-slot-home")
-    saved = os.environ.get("SKYFED_HOME")
-    os.environ["SKYFED_HOME"] = str(home)
-    try:
-        fresh_database(DB)
-        with pg(DB) as con:
-            con.execute("INSERT INTO items (id, qty, note) SELECT g, g, 'seed' FROM generate_series(1, 50) g")
-        path = write_spec(home / "skyfed.yaml", spec_doc(DB, "slottest"))
-        yield home, path, load(path)
-    finally:
-        with pg() as con:  # the server is shared by the session: back to no limit
-            con.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
-            con.execute("SELECT pg_reload_conf()")
-        if saved is None:
-            os.environ.pop("SKYFED_HOME", None)
-        else:
-            os.environ["SKYFED_HOME"] = saved
+    with skyfed_home(home):
+        try:
+            fresh_database(DB)
+            with pg(DB) as con:
+                con.execute("INSERT INTO items (id, qty, note) SELECT g, g, 'seed' FROM generate_series(1, 50) g")
+            path = write_spec(home / "skyfed.yaml", spec_doc(DB, "slottest"))
+            yield home, path, load(path)
+        finally:
+            with pg() as con:  # the server is shared by the session: back to no limit
+                con.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+                con.execute("SELECT pg_reload_conf()")
 
 
 def _wal_status(slot: str) -> str | None:

@@ -5,10 +5,10 @@ with the position in the same commit; the table equals the source (checksums).
 
 from __future__ import annotations
 
-import os
 
 import pytest
 from stream_kit import (
+    skyfed_home,
     CONTRACT,
     MAPPING,
     expected_items,
@@ -32,9 +32,7 @@ DB = "skyfed_stream_bq"
 def setup(federation, tmp_path_factory):
     need_env("SKYFED_BQ_ENDPOINT")
     home = tmp_path_factory.mktemp("stream-bq-home")
-    saved = os.environ.get("SKYFED_HOME")
-    os.environ["SKYFED_HOME"] = str(home)
-    try:
+    with skyfed_home(home):
         fresh_database(DB)
         with pg(DB) as con:
             con.execute("INSERT INTO items (id, qty, note, price) SELECT g, g, 'seed', g * 1.5 FROM generate_series(1, 40) g")
@@ -43,11 +41,6 @@ def setup(federation, tmp_path_factory):
                                             "location": "southamerica-east1", "endpoint": "${SKYFED_BQ_ENDPOINT}"}  # fmt: skip
         path = write_spec(home / "skyfed.yaml", doc)
         yield home, path, load(path)
-    finally:
-        if saved is None:
-            os.environ.pop("SKYFED_HOME", None)
-        else:
-            os.environ["SKYFED_HOME"] = saved
 
 
 def _store(spec):

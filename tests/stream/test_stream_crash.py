@@ -23,6 +23,7 @@ import time
 import psycopg
 import pytest
 from stream_kit import (
+    skyfed_home,
     committed_position,
     curated,
     expected_items,
@@ -89,19 +90,12 @@ class Load:
 @pytest.fixture(scope="module")
 def setup(federation, tmp_path_factory):
     home = tmp_path_factory.mktemp("stream-crash-home")
-    saved = os.environ.get("SKYFED_HOME")
-    os.environ["SKYFED_HOME"] = str(home)
-    try:
+    with skyfed_home(home):
         fresh_database(DB)
         with pg(DB) as con:
             con.execute("INSERT INTO items (id, qty, note, price) SELECT g, g % 97, 'seed', g / 8.0 FROM generate_series(1, 3000) g")
         path = write_spec(home / "skyfed.yaml", spec_doc(DB, "crashtest"))
         yield federation, home, path, load(path)
-    finally:
-        if saved is None:
-            os.environ.pop("SKYFED_HOME", None)
-        else:
-            os.environ["SKYFED_HOME"] = saved
 
 
 def _streamer(path, env: dict[str, str] | None = None) -> subprocess.Popen:
