@@ -183,6 +183,10 @@ def _render_estimate(est: dict[str, Any]) -> None:
         f"est. egress ${est['egress_usd']:.8f}" + ("" if est["complete"] else " (some regions could not be estimated)"),
         highlight=False,
     )
+    out.print(f"into regions: semi-join keys {est.get('semi_join_key_bytes', 0):,} B, broadcast copies "
+              f"{est.get('broadcast_bytes', 0):,} B, est. egress ${est.get('inbound_egress_usd', 0.0):.8f}", highlight=False)
+    for a in est.get("assumptions", []):
+        out.print(f"  assumed: {a}", highlight=False)
 
 
 def _render_plan(plan: dict[str, Any]) -> None:

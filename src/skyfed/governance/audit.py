@@ -9,6 +9,7 @@ model runner after a run.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import uuid
@@ -35,11 +36,22 @@ def current_actor() -> str:
 
 
 def touched(sql: str, schema: dict[str, list[str]] | None = None, dialect: str = "duckdb") -> tuple[list[str], list[str]]:
-    """The base tables and `table.column`s a statement reads (sorted); `table.*` for an unresolved star."""
+    """The base tables and `table.column`s a statement reads (sorted); `table.*` for an unresolved star.
+
+    Memoized by statement, schema and dialect: a dashboard repeats the same statements and
+    parsing + qualifying costs 4-6 ms of every audited query."""
+    frozen = tuple(sorted((k, tuple(v)) for k, v in schema.items())) if schema else ()
+    tables, columns = _touched(sql, frozen, dialect)
+    return list(tables), list(columns)
+
+
+@functools.lru_cache(maxsize=512)
+def _touched(sql: str, frozen: tuple[tuple[str, tuple[str, ...]], ...], dialect: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    schema = {k: list(v) for k, v in frozen}
     try:
         tree = sqlglot.parse_one(sql, read=dialect)
     except ParseError:
-        return [], []
+        return (), ()
     ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
     tables = sorted({_name(t) for t in tree.find_all(exp.Table) if t.name not in ctes})
     if schema:
@@ -61,7 +73,7 @@ def touched(sql: str, schema: dict[str, list[str]] | None = None, dialect: str =
                 for _, src in scope.selected_sources.values():
                     if isinstance(src, exp.Table) and src.name not in ctes:
                         columns.add(f"{_name(src)}.*")
-    return tables, sorted(columns)
+    return tuple(tables), tuple(sorted(columns))
 
 
 def _name(table: exp.Table) -> str:

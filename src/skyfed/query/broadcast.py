@@ -12,14 +12,22 @@ How the copy reaches a region:
 - BigQuery regions: a load job puts the file into the region's dataset as
   `_skyfed_ref_<name>_<version>`, where version hashes the file's size and mtime; later
   queries reuse the copy (bytes are counted once, when loaded). A new file version gets a
-  new table; old copies are left to the dataset's table expiration.
+  new table, and making it drops the older versions' copies of that reference table (a query
+  still running on an old copy, planned before the file changed, can then fail; rerun it).
+  Every copy also carries a table expiration (`expires`, $SKYFED_REF_COPY_TTL_DAYS, default 7
+  days), pushed forward when a process first uses it (then at most hourly): a copy nobody reads
+  any more, e.g. of a reference table removed from the spec, is deleted by BigQuery. The local
+  emulator ignores `expires` (it stores none), so there the explicit drop is what cleans up.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
+import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,16 +58,29 @@ class BroadcastTable:
         return f"{DUCKDB_PREFIX}{self.name}"
 
 
+_STATS: dict[tuple[str, int, int], tuple[int, int, str]] = {}  # (path, size, mtime_ns) -> footer stats
+
+
 def table_stats(path: str | os.PathLike[str]) -> tuple[int, int, str] | None:
-    """(rows, uncompressed bytes, version) from the Parquet footer; None if the file is missing or unreadable."""
+    """(rows, uncompressed bytes, version) from the Parquet footer; None if the file is missing or unreadable.
+    The footer is read once per file version (size + mtime): planning stats the file, nothing more."""
     try:
         st = Path(path).stat()
+    except OSError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _STATS:
+        return _STATS[key]
+    try:
         meta = pq.read_metadata(path)
     except (OSError, pa.ArrowException):
         return None
     size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     version = hashlib.sha1(f"{st.st_size}-{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return meta.num_rows, size, version
+    if len(_STATS) > 1024:
+        _STATS.clear()
+    _STATS[key] = (meta.num_rows, size, version)
+    return _STATS[key]
 
 
 def broadcastable(paths: dict[str, str], max_rows: int = BROADCAST_MAX_ROWS,
@@ -89,7 +110,34 @@ def arrow_of(table: BroadcastTable) -> pa.Table:
         return _ARROW[key]
 
 
-_LOADED: set[tuple[str, str, str]] = set()  # (project, dataset, table) known to exist
+REF_COPY_TTL_DAYS = float(os.environ.get("SKYFED_REF_COPY_TTL_DAYS", "7"))
+RECHECK_SECONDS = 3600.0
+# (project, dataset, table) known to exist -> when that was checked (time.monotonic)
+_LOADED: dict[tuple[str, str, str], float] = {}
+
+
+def _expires() -> dt.datetime:
+    return dt.datetime.now(dt.UTC) + dt.timedelta(days=REF_COPY_TTL_DAYS)
+
+
+def bigquery_copy_exists(client: Any, project: str, dataset: str, table: BroadcastTable) -> bool:
+    """Whether the dataset holds this version's copy (metadata only)."""
+    from google.api_core.exceptions import NotFound
+
+    if (project, dataset, table.bigquery_table) in _LOADED:
+        return True
+    try:
+        client.get_table(f"{project}.{dataset}.{table.bigquery_table}")
+        return True
+    except NotFound:
+        return False
+
+
+def old_copies(client: Any, project: str, dataset: str, table: BroadcastTable) -> list[str]:
+    """Table ids of this reference table's copies of other file versions in the dataset."""
+    pattern = re.compile(rf"{re.escape(BIGQUERY_PREFIX + table.name)}_[0-9a-f]{{12}}")
+    return [t.table_id for t in client.list_tables(f"{project}.{dataset}")
+            if pattern.fullmatch(t.table_id) and t.table_id != table.bigquery_table]  # fmt: skip
 
 
 def ensure_bigquery_copy(client: Any, project: str, dataset: str, location: str | None, table: BroadcastTable,
@@ -102,11 +150,15 @@ def ensure_bigquery_copy(client: Any, project: str, dataset: str, location: str 
 
     ref = f"{project}.{dataset}.{table.bigquery_table}"
     key = (project, dataset, table.bigquery_table)
-    if key in _LOADED:
+    checked = _LOADED.get(key)
+    if checked is not None and time.monotonic() - checked < RECHECK_SECONDS:
         return 0
     try:
-        client.get_table(ref)
-        _LOADED.add(key)
+        existing = client.get_table(ref)
+        if existing.expires is None or existing.expires < _expires() - dt.timedelta(days=REF_COPY_TTL_DAYS / 2):
+            existing.expires = _expires()  # in use: push its expiration forward
+            client.update_table(existing, ["expires"])
+        _LOADED[key] = time.monotonic()
         return 0
     except NotFound:
         pass
@@ -118,5 +170,11 @@ def ensure_bigquery_copy(client: Any, project: str, dataset: str, location: str 
     with open(table.path, "rb") as fh:
         job = client.load_table_from_file(fh, ref, job_config=config, location=location)
     job.result()
-    _LOADED.add(key)
+    loaded = client.get_table(ref)
+    loaded.expires = _expires()
+    client.update_table(loaded, ["expires"])
+    for old in old_copies(client, project, dataset, table):  # a new file version: the older copies are garbage
+        client.delete_table(f"{project}.{dataset}.{old}", not_found_ok=True)
+        _LOADED.pop((project, dataset, old), None)
+    _LOADED[key] = time.monotonic()
     return Path(table.path).stat().st_size

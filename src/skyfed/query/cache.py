@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -41,6 +42,7 @@ DEFAULT_TTL = float(os.environ.get("SKYFED_QUERY_CACHE_TTL", "300"))
 MAX_BYTES = 512 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function of the text; a dashboard repeats the same few statements
 def normalize_sql(sql: str) -> str:
     """The statement as sqlglot prints it back from DuckDB SQL: one spelling per meaning of the text."""
     try:

@@ -106,6 +106,8 @@ class Catalog:
     broadcast: dict[str, Any] = field(default_factory=dict)
     # the caller's policies (governed.Governor), set by Federation when a governance file applies
     governor: Any = None
+    # what a plan depends on in the spec (contracts with versions and types, regions, reference contracts): from_spec
+    fingerprint: str = ""
 
     @classmethod
     def from_spec(cls, spec: PlatformSpec) -> Catalog:
@@ -140,6 +142,7 @@ class Catalog:
         cat = cls(contracts, reference, paths, regions)
         for name, contract in {**contracts, **reference}.items():
             cat.duckdb_types[name] = _duckdb_types(contract)
+        cat.fingerprint = _fingerprint(cat)
         return cat
 
     def add_live(self, live: LiveTable) -> None:
@@ -192,6 +195,22 @@ def split_region_alias(name: str, catalog: Catalog) -> tuple[str | None, str]:
     if sep and region in catalog.regions and table in catalog.contracts:
         return region, table
     return None, name
+
+
+def _fingerprint(cat: Catalog) -> str:
+    """A hash of everything in the catalog a plan depends on: each contract's whole definition (version,
+    columns, types, keys), the regions' engines and tables, the reference tables and their paths."""
+    import hashlib
+    import json
+
+    body = {
+        "contracts": {n: c.model_dump(mode="json") for n, c in sorted(cat.contracts.items())},
+        "reference": {n: c.model_dump(mode="json") for n, c in sorted(cat.reference.items())},
+        "paths": dict(sorted(cat.reference_paths.items())),
+        "regions": {n: [t.engine, sorted(t.tables), sorted(t.region_pinned), t.project, t.dataset]
+                    for n, t in sorted(cat.regions.items())},  # fmt: skip
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _duckdb_types(contract: Contract) -> dict[str, str]:

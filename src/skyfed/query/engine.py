@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,7 +24,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from skyfed.connectors import duck
 from skyfed.contracts.types import contract_schema
 from skyfed.errors import SkyfedError
 from skyfed.query.cache import DEFAULT_TTL, ResultCache, cache_key, normalize_sql
@@ -34,6 +35,7 @@ from skyfed.query.executors import (
     table_versions,
 )
 from skyfed.query.guard import check_read_only
+from skyfed.query.plan_cache import PLANS, normalized
 from skyfed.query.planner import Fragment, Plan, plan_query
 from skyfed.spec import PlatformSpec, load_spec
 
@@ -43,6 +45,7 @@ DEFAULT_TIMEOUT = float(os.environ.get("SKYFED_QUERY_TIMEOUT", "300"))
 SEMI_JOIN_MAX_KEYS = int(os.environ.get("SKYFED_SEMI_JOIN_MAX_KEYS", "200000"))
 SEMI_JOIN_MAX_INLINE = 20_000
 GB = 1e9
+_THREE_PART = re.compile(r'[\w"`]\s*\.\s*[\w"`]+\s*\.\s*[\w"`]')  # region.source.table, maybe quoted
 
 
 @dataclass
@@ -88,6 +91,7 @@ class QueryReport:
     # wall seconds per phase at the coordinator: plan, cache_lookup, bind (coordinator DuckDB, empty tables,
     # binding and fragment types), regions (all regions, in parallel), merge, audit (set by Federation.query)
     phases: dict[str, float] = field(default_factory=dict)
+    plan_cache: str = "off"  # hit | miss | off: whether the plan came from the plan cache (plan_cache.py)
 
     @property
     def from_cache(self) -> bool:
@@ -162,6 +166,10 @@ class Federation:
         self.governor = build_governor(spec, role=role, coordinator=self.coordinator, governance=governance,
                                        spec_path=spec_path)  # fmt: skip
         self.catalog.governor = self.governor
+        # the coordinator's DuckDB database, opened once; each query works in its own cursor (connection)
+        self._coord_db: Any = None
+        self._coord_lock = threading.Lock()
+        self._empty: dict[str, pa.Table] = {}  # empty Arrow tables per contract (for binding), built once
         # bind step results (the answer's schema, each fragment's column types) by statement shape: the
         # same SQL over the same catalog and reference-file versions binds to the same types (bind_key)
         self._binds: dict[tuple[Any, ...], tuple[pa.Schema, dict[str, list[tuple]]]] = {}
@@ -177,17 +185,78 @@ class Federation:
     # ----------------------------------------------------------------- planning
 
     def plan(self, sql: str) -> Plan:
+        """The plan for `sql`: from the plan cache when every input it depends on is unchanged (_plan_key)."""
         from skyfed.query.broadcast import broadcastable
         from skyfed.query.pinning import pin_versions
 
+        started = time.perf_counter()
         original = sql
+        self._refresh_governor()
         sql = pin_versions(sql, _pinned_select)
-        self._resolve_live(sql)
-        # which reference tables are small enough to copy to every region (their Parquet footers)
+        # which reference tables are small enough to copy to every region (their Parquet footers, read once per version)
         self.catalog.broadcast = broadcastable(self.catalog.reference_paths) if self.pushdown else {}
-        plan = plan_query(sql, self.catalog, pushdown=self.pushdown)
+        key = self._plan_key(sql)
+        plan = PLANS.get(key) if key is not None else None
+        if plan is None:
+            self._resolve_live(sql)  # may add live tables to the catalog: part of the key
+            key = self._plan_key(sql)
+            plan = PLANS.get(key) if key is not None else None
+        if plan is not None:
+            plan.plan_cache = "hit"
+        else:
+            plan = plan_query(sql, self.catalog, pushdown=self.pushdown)
+            plan.plan_cache = "off" if key is None else "miss"
+            if key is not None:
+                PLANS.put(key, plan)
         plan.sql = original
+        plan.plan_seconds = time.perf_counter() - started
         return plan
+
+    def _plan_key(self, sql: str) -> tuple[Any, ...] | None:
+        """Everything a plan depends on (plan_cache.py); None when the plan cache is off. Snapshot ids are not
+        in it: a commit changes what the regions' SQL returns, not the SQL."""
+        if PLANS.max_entries <= 0:
+            return None
+        live = tuple(sorted((n, tuple(t.columns.items()), t.kind, t.engine, t.ref) for n, t in self.catalog.live.items()))
+        refs = tuple(sorted((n, b.version, b.path) for n, b in self.catalog.broadcast.items()))
+        policy = (self.governor.role, self.governor.fingerprint(), self.governor.coordinator) if self.governor else None
+        return (normalized(sql), self.catalog.fingerprint, live, refs, policy, self.pushdown, self.coordinator)
+
+    def _refresh_governor(self) -> None:
+        """Reload the caller's policies when the governance file changed since they were read (a long-lived
+        Federation, e.g. the shell or a dashboard server, applies an edited file from its next query)."""
+        from skyfed.query.governed import build_governor, file_version
+
+        gv = self.governor
+        if gv is None or gv.path is None or file_version(gv.path) == gv.file_version:
+            return
+        self.governor = build_governor(self.spec, role=gv.role, coordinator=self.coordinator, governance=gv.path)
+        self.catalog.governor = self.governor
+
+    def _coordinator(self) -> Any:
+        """A fresh connection (cursor) to this Federation's coordinator database: opening a DuckDB database
+        costs ~20 ms, a cursor ~0.1 ms. Relations a query registers or creates are temporary, so they stay
+        in its own cursor. External access (files, URLs) is off for the whole database."""
+        import duckdb
+
+        with self._coord_lock:
+            if self._coord_db is None:
+                from skyfed.home import sub_dir
+
+                self._coord_db = duckdb.connect(":memory:", config={
+                    "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                    "extension_directory": str(sub_dir("duckdb", "extensions")), "enable_external_access": False,
+                })  # fmt: skip
+            con = self._coord_db.cursor()
+        duckdb_session(con)
+        return con
+
+    def close(self) -> None:
+        """Close the coordinator database (a Federation also works again after this: it is reopened)."""
+        with self._coord_lock:
+            if self._coord_db is not None:
+                self._coord_db.close()
+                self._coord_db = None
 
     def _resolve_live(self, sql: str) -> None:
         """Add the live source tables (`region.source.table`) the SQL names to the catalog (their
@@ -197,6 +266,8 @@ class Federation:
         from skyfed.query.catalog import live_name
         from skyfed.query.live import resolve_live
 
+        if not _THREE_PART.search(sql):  # no `a.b.c` name anywhere: no live table (and no second parse)
+            return
         tree = check_read_only(sql)
         for t in tree.find_all(exp.Table):
             if not t.catalog or not isinstance(t.this, exp.Identifier):
@@ -248,13 +319,17 @@ class Federation:
         dry-run job (or table metadata), live sources from their connectors' size estimates.
         The heuristics are in estimate.py and docs/query.md.
         """
-        from skyfed.query.estimate import _Fragment, estimate_region, type_width
+        from skyfed.query.estimate import (
+            _Fragment,
+            account_transfers,
+            estimate_region,
+            type_width,
+        )
 
         started = time.perf_counter()
         plan = self.plan(sql)
-        con = duck.connect([])
+        con = self._coordinator()
         try:
-            duckdb_session(con)
             self._register_tables(con, plan)
             widths = {f.name: sum(type_width(t) for _, t, *_ in con.execute(f"DESCRIBE {f.duckdb_sql}").fetchall())
                       for f in plan.fragments}  # fmt: skip
@@ -269,6 +344,7 @@ class Federation:
                 futures = [pool.submit(estimate_region, self, plan, f, infos[f.name], rq, widths[f.name], iceberg_tables)
                            for f, rq in tasks]  # fmt: skip
                 rows = [fut.result() for fut in futures]
+        assumptions = account_transfers(self, plan, rows)  # semi-join keys and broadcast copies into regions
         pruned = [{"region": r, "fragment": f.name, "reason": why, "bytes_scanned": 0, "boundary_bytes": 0, "egress_usd": 0.0}
                   for f in plan.fragments for r, why in f.pruned.items()]  # fmt: skip
         ok = [r for r in rows if r.get("error") is None]
@@ -281,6 +357,10 @@ class Federation:
             "bytes_scanned": sum(r["bytes_scanned"] for r in ok),
             "boundary_bytes": sum(r["boundary_bytes"] for r in ok),
             "egress_usd": sum(r["egress_usd"] for r in ok),
+            "semi_join_key_bytes": sum(r["semi_join_key_bytes"] for r in ok),
+            "broadcast_bytes": sum(r["broadcast_bytes"] for r in ok),
+            "inbound_egress_usd": sum(r["inbound_egress_usd"] for r in ok),
+            "assumptions": assumptions,
             "complete": len(ok) == len(rows),
             "estimate_seconds": round(time.perf_counter() - started, 4),
             "region_queries_run": 0,
@@ -376,17 +456,18 @@ class Federation:
                     cache_info.update(status="hit", age_seconds=round(hit.age_seconds, 3), created=hit.created)
                     report = self._hit_report(plan, hit.table, cache_info, started)
                     report.phases = {k: round(v, 4) for k, v in phases.items()}
+                    report.plan_cache = plan.plan_cache
                     return Result(hit.table, report, plan)
                 cache_info["status"] = "miss"
         bind_started = time.perf_counter()
-        con = duck.connect([])
+        con = self._coordinator()
         try:
-            duckdb_session(con)
-            self._register_tables(con, plan)
             bind_key = self._bind_key(plan)
-            if bind_key in self._binds:
+            if bind_key in self._binds:  # types known: only the reference tables the coordinator reads are needed
                 bound_schema, frag_types = self._binds[bind_key]
+                self._register_tables(con, plan, only_read=True)
             else:
+                self._register_tables(con, plan)
                 try:
                     bound_schema = con.execute(plan.bind_sql).to_arrow_table().schema
                 except Exception as exc:  # duckdb binder errors: the user's SQL is wrong
@@ -413,8 +494,7 @@ class Federation:
                 )
             merge_started = time.perf_counter()
             for frag in plan.fragments:
-                self._load_fragment(con, frag, frag_types[frag.name], runs)
-            con.execute("SET enable_external_access = false")
+                self._load_fragment(con, plan, frag, frag_types[frag.name], runs)
             try:
                 table = con.execute(plan.coordinator_sql).to_arrow_table()
             except Exception as exc:
@@ -445,6 +525,7 @@ class Federation:
             broadcast_bytes=sum(r.broadcast_bytes for r in region_reports),
             semi_join_key_bytes=sum(r.semi_join_key_bytes for r in region_reports),
             phases={k: round(v, 4) for k, v in phases.items()},
+            plan_cache=plan.plan_cache,
         )
         if key is not None and versions is not None:
             if failed:
@@ -566,33 +647,45 @@ class Federation:
         frags = tuple((f.name, f.duckdb_sql) for f in plan.fragments)
         return (plan.bind_sql, frags, tuple(refs), tuple(sorted(self.catalog.live)))
 
-    def _register_tables(self, con: Any, plan: Plan) -> None:
-        """Empty canonical tables (for binding and types) and the reference tables (real rows)."""
+    def _empty_table(self, name: str, contract: Any) -> pa.Table:
+        if name not in self._empty:
+            self._empty[name] = contract_schema(contract).empty_table()
+        return self._empty[name]
+
+    def _register_tables(self, con: Any, plan: Plan, only_read: bool = False) -> None:
+        """Empty canonical tables (for binding and types) and the reference tables (real rows);
+        `only_read`: just the reference tables the plan reads (binding was done before: each register costs ~1 ms)."""
+        if only_read:
+            for name in plan.reference_tables:
+                self._register_reference(con, plan, name)
+            return
         for name, contract in self.catalog.contracts.items():
-            empty = contract_schema(contract).empty_table()
+            empty = self._empty_table(name, contract)
             con.register(name, empty)
             for region in self.catalog.regions_of(name):
                 con.register(region_alias_name(region, name), empty)
         for name, live in self.catalog.live.items():
             cols = ", ".join(f'"{c}" {t}' for c, t in live.columns.items())
-            con.execute(f'CREATE TABLE "{name}" ({cols})')
-        for name, contract in self.catalog.reference.items():
-            path = Path(self.catalog.reference_paths[name])
-            if name not in plan.reference_tables:  # not read by this query: its shape is enough to bind
-                con.register(name, contract_schema(contract).empty_table())
-            elif name in self.catalog.broadcast:  # read once per process and file version
-                from skyfed.query.broadcast import arrow_of
+            con.execute(f'CREATE OR REPLACE TEMP TABLE "{name}" ({cols})')
+        for name in self.catalog.reference:
+            self._register_reference(con, plan, name)
 
-                con.register(name, arrow_of(self.catalog.broadcast[name]))
-            elif path.exists():
-                con.register(name, pq.read_table(path))
-            else:
-                con.register(name, contract_schema(contract).empty_table())
-                if name in plan.reference_tables:
-                    raise SkyfedError(
-                        f"the reference table {name} is missing at the coordinator ({path})",
-                        "run `skyfed demo seed` or fix its path under `reference:` in the spec",
-                    )
+    def _register_reference(self, con: Any, plan: Plan, name: str) -> None:
+        contract = self.catalog.reference[name]
+        path = Path(self.catalog.reference_paths[name])
+        if name not in plan.reference_tables:  # not read by this query: its shape is enough to bind
+            con.register(name, self._empty_table(name, contract))
+        elif name in self.catalog.broadcast:  # read once per process and file version
+            from skyfed.query.broadcast import arrow_of
+
+            con.register(name, arrow_of(self.catalog.broadcast[name]))
+        elif path.exists():
+            con.register(name, pq.read_table(path))
+        else:
+            raise SkyfedError(
+                f"the reference table {name} is missing at the coordinator ({path})",
+                "run `skyfed demo seed` or fix its path under `reference:` in the spec",
+            )
 
     def _run_regions(self, plan: Plan, timeout: float) -> tuple[dict[tuple[str, str], RegionRun], dict[str, RegionReport]]:
         """Every fragment in every region, in parallel; fragments that wait for semi-join keys run second."""
@@ -684,7 +777,8 @@ class Federation:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _load_fragment(self, con: Any, frag: Fragment, types: list[tuple], runs: dict[tuple[str, str], RegionRun]) -> None:
+    def _load_fragment(self, con: Any, plan: Plan, frag: Fragment, types: list[tuple],
+                       runs: dict[tuple[str, str], RegionRun]) -> None:  # fmt: skip
         """Create the fragment's relation: every region's rows cast to the types DuckDB gives the fragment SQL."""
         parts = []
         for rq in frag.regions:
@@ -699,8 +793,10 @@ class Federation:
                 for name, typ, *_ in types
             )
             parts.append(f'SELECT {cols} FROM "{rel}"')
+        if not parts:  # no region answered (pruned, or failed under allow_partial): the empty tables give the shape
+            self._register_tables(con, plan)
         body = " UNION ALL ".join(parts) if parts else frag.duckdb_sql
-        con.execute(f'CREATE VIEW "{frag.name}" AS {body}')
+        con.execute(f'CREATE TEMP VIEW "{frag.name}" AS {body}')
 
 
 def _with_keys(ex: Any, rq: Any, frag: Fragment, keys: pa.Array) -> tuple[str, int]:

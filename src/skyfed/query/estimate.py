@@ -27,6 +27,19 @@ Nothing here runs a region's query. Per region and fragment:
   types (8 B for BIGINT/DOUBLE/TIMESTAMP, 4 for INTEGER/DATE, 1 for BOOLEAN, 16 for
   VARCHAR and the rest). Egress = those bytes / 1e9 × the region's price toward the
   coordinator's region.
+- **what crosses into a region** (`account_transfers`, each assumption listed in the output's
+  `assumptions`):
+  - semi-join key shipping: the build fragment's rows crossing (an upper bound on its distinct
+    keys) × the key's width go to every probe region, if under the engine's key limit (else the
+    probe's filtered rows cross unreduced, as at run time); a probe region then keeps the
+    build side's filter selectivity (rows after filters / table rows, all its regions) of its rows;
+  - broadcast reference tables: a DuckDB region receives the table's uncompressed bytes (Parquet
+    footer) on every run; a BigQuery region only when its `_skyfed_ref_<name>_<version>` copy does
+    not exist yet (the file's size, loaded once);
+  - both are priced at the coordinator's egress price toward the region (`inbound_egress_usd`).
+- A governed caller's fragments wrap each table in a masking subquery; the estimate reads the
+  fragment's SQL from before the policies (`Fragment.ungoverned_sql`: same tables, columns and
+  filters), so Iceberg pruning works for every role.
 """
 
 from __future__ import annotations
@@ -56,7 +69,10 @@ class _Fragment:
     """What the estimate needs from a fragment's DuckDB SQL: tables per alias, columns, conjuncts."""
 
     def __init__(self, frag: Fragment, catalog: Any):
-        tree = exp.maybe_parse(frag.duckdb_sql, dialect="duckdb")
+        # a governed fragment wraps each table in a masking subquery that hides its columns and filters from
+        # this reading: estimate from the SQL before the policies (same tables, columns and filters; row access
+        # only removes rows, and the regions it removes whole are pruned by the planner)
+        tree = exp.maybe_parse(frag.ungoverned_sql or frag.duckdb_sql, dialect="duckdb")
         self.tables: dict[str, str] = {}  # alias -> table name as the catalog knows it
         for t in tree.find_all(exp.Table):
             _, name = split_region_alias(t.name, catalog)
@@ -103,7 +119,7 @@ def _py_value(node: exp.Expression) -> Any:
         if to in ("TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE"):
             value = dt.datetime.fromisoformat(node.this.this)
             if value.tzinfo is None:
-                value = value.replace(tzinfo=dt.timezone.utc)
+                value = value.replace(tzinfo=dt.UTC)
             return value.isoformat()
         if to == "DATE":
             return dt.date.fromisoformat(node.this.this).isoformat()
@@ -221,9 +237,12 @@ def estimate_region(fed: Any, plan: Plan, frag: Fragment, info: _Fragment, rq: R
                            "tables": rq.tables, "egress_usd_per_gb": fed._price(rq.region)}  # fmt: skip
     scanned = 0
     rows = 0.0
+    table_rows = 0.0  # before any filter or file pruning (the semi-join estimate's selectivity needs it)
     sources: list[str] = []
     try:
         for alias, table in info.tables.items():
+            if table in fed.catalog.reference and table not in fed.catalog.contracts:
+                continue  # a broadcast reference table: counted as bytes into the region (account_transfers)
             cols = info.columns.get(alias, [])
             conj = info.conjuncts.get(alias, [])
             if table in fed.catalog.live:
@@ -248,11 +267,14 @@ def estimate_region(fed: Any, plan: Plan, frag: Fragment, info: _Fragment, rq: R
                 est = iceberg_scan_estimate(iceberg_tables[key], cols, conj)
                 scanned += est["bytes"]
                 t_rows = float(est["rows"])
+                table_rows = max(table_rows, _iceberg_total_rows(iceberg_tables[key], t_rows))
                 row.setdefault("files", 0)
                 row["files"] += est["files"]
                 if est["pruning_filters"]:
                     row.setdefault("pruning_filters", []).extend(est["pruning_filters"])
                 sources.append("iceberg manifests")
+            if table in fed.catalog.live or fed.catalog.regions[rq.region].engine == BIGQUERY:
+                table_rows = max(table_rows, t_rows)  # their row counts are the whole table's
             for c in conj:
                 t_rows *= selectivity(c)
             rows = t_rows if rows == 0 else max(rows, t_rows)  # a co-located join: about the larger side
@@ -277,10 +299,111 @@ def estimate_region(fed: Any, plan: Plan, frag: Fragment, info: _Fragment, rq: R
     ship_bytes = int(math.ceil(ship_rows) * out_width)
     row.update(
         bytes_scanned=int(scanned), scanned_source=", ".join(dict.fromkeys(sources)),
-        rows_after_filters=int(round(rows)), boundary_rows=int(math.ceil(ship_rows)), boundary_bytes=ship_bytes,
+        rows_after_filters=int(round(rows)), table_rows=int(table_rows), boundary_rows=int(math.ceil(ship_rows)), boundary_bytes=ship_bytes,
         boundary_basis=basis, row_width=out_width, egress_usd=ship_bytes / GB * row["egress_usd_per_gb"],
     )  # fmt: skip
     return row
+
+
+def _iceberg_total_rows(table: Any, fallback: float) -> float:
+    """The table's record count from its current snapshot's summary (no manifest read)."""
+    try:
+        snap = table.current_snapshot()
+        return float(snap.summary["total-records"]) if snap is not None else 0.0
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return fallback
+
+
+# --------------------------------------------------------------------------- into regions
+
+
+def account_transfers(fed: Any, plan: Plan, rows: list[dict[str, Any]]) -> list[str]:
+    """Add semi-join keys and broadcast copies shipped INTO regions to the per-region rows (and shrink a
+    probe region's boundary estimate by the keys' filtering); returns the assumptions made."""
+    from skyfed.query.engine import SEMI_JOIN_MAX_INLINE, SEMI_JOIN_MAX_KEYS
+
+    assumptions: list[str] = []
+    for r in rows:
+        if r.get("error") is None:
+            r.update(semi_join_key_bytes=0, broadcast_bytes=0, inbound_egress_usd=0.0)
+    for frag in plan.fragments:
+        sj = frag.semi_join
+        if sj is None:
+            continue
+        build = next(f for f in plan.fragments if f.name == sj["build"])
+        built = [r for r in rows if r["fragment"] == build.name]
+        probes = [r for r in rows if r["fragment"] == frag.name and r.get("error") is None]
+        if any(r.get("error") is not None for r in built) or not built:
+            assumptions.append(f"{frag.name}: semi-join keys from {build.name} assumed NOT shipped (its estimate failed)")
+            continue
+        keys = sum(r["boundary_rows"] for r in built)  # rows crossing >= distinct keys
+        after = sum(r["rows_after_filters"] for r in built)
+        total = sum(r["table_rows"] for r in built)
+        kept = min(1.0, after / total) if total else 1.0
+        width = type_width(fed.catalog.duckdb_types.get(build.tables[0], {}).get(sj["build_column"], "VARCHAR"))
+        for r in probes:
+            bigquery = r["engine"] == BIGQUERY
+            limit = min(SEMI_JOIN_MAX_KEYS, SEMI_JOIN_MAX_INLINE) if bigquery else SEMI_JOIN_MAX_KEYS
+            if keys > limit:
+                r["semi_join"] = f"keys not shipped (~{keys} > {limit}): every filtered row crosses"
+                continue
+            key_bytes = keys * (width + 3 if bigquery else width)  # BigQuery: an inline literal list
+            r["semi_join_key_bytes"] = key_bytes
+            r["boundary_rows"] = math.ceil(r["boundary_rows"] * kept)
+            r["boundary_bytes"] = r["boundary_rows"] * r["row_width"]
+            r["egress_usd"] = r["boundary_bytes"] / GB * r["egress_usd_per_gb"]
+            r["semi_join"] = (f"~{keys} {sj['build_column']} keys of {build.name} shipped in ({key_bytes} B); "
+                              f"keeps ~{100 * kept:.1f}% of its rows")  # fmt: skip
+        assumptions.append(
+            f"{frag.name}: semi-join on {sj['column']}: the keys are {build.name}'s ~{keys} rows crossing (an upper "
+            f"bound on distinct keys, {width} B each); a probe region keeps the build side's filter selectivity "
+            f"({100 * kept:.1f}% = rows after filters / table rows) of its rows"
+        )
+    by_task = {(r["fragment"], r["region"]): r for r in rows if r.get("error") is None}
+    for frag in plan.fragments:
+        for rq in frag.regions:
+            r = by_task.get((frag.name, rq.region))
+            if r is None or not rq.broadcast:
+                continue
+            for name in rq.broadcast:
+                info = fed.catalog.broadcast[name]
+                if rq.engine == BIGQUERY:
+                    loaded = _bigquery_copy_exists(fed, rq.region, info)
+                    add = 0 if loaded else _file_size(info.path)
+                    what = "exists (0 B)" if loaded else f"does not exist yet: loaded once ({add} B)"
+                    assumptions.append(f"{rq.region}: BigQuery copy {info.bigquery_table} of {name} {what}")
+                else:
+                    add = info.bytes
+                    assumptions.append(f"{rq.region}: reference table {name} broadcast as Arrow on every run "
+                                       f"({info.bytes} B uncompressed, from its Parquet footer)")  # fmt: skip
+                r["broadcast_bytes"] += add
+    for r in by_task.values():
+        price = float(fed.spec.regions[fed.coordinator].egress_usd_per_gb.get(r["region"], 0.0))
+        if r["region"] != fed.coordinator:
+            r["inbound_egress_usd"] = (r["semi_join_key_bytes"] + r["broadcast_bytes"]) / GB * price
+    return list(dict.fromkeys(assumptions))
+
+
+def _file_size(path: str) -> int:
+    import os
+
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _bigquery_copy_exists(fed: Any, region: str, info: Any) -> bool:
+    """Whether the region's dataset already holds this version's copy (metadata only; unknown: assume not)."""
+    from skyfed.query.broadcast import bigquery_copy_exists
+
+    store = fed.spec.regions[region].store
+    try:
+        from skyfed.ingest.stores.bigquery import _client
+
+        return bigquery_copy_exists(_client(store), store.project, store.dataset, info)
+    except Exception:  # noqa: BLE001 - an unreachable region: count the load (an upper bound)
+        return False
 
 
 def _bigquery_estimate(fed: Any, rq: RegionQuery, table: str, cols: list[str]) -> tuple[float, int, str]:

@@ -51,6 +51,9 @@ class Governor:
     coordinator: str
     path: str | None = None
     _memo: dict[tuple[str, bool], tuple[exp.Expression, list[dict[str, Any]]]] = field(default_factory=dict, repr=False)
+    _fingerprints: dict[str, str] = field(default_factory=dict, repr=False)  # salt -> fingerprint (policies are fixed)
+    # the governance file's (size, mtime_ns) when it was loaded: Federation reloads the policies when it changes
+    file_version: tuple[int, int] | None = None
 
     def start_plan(self) -> None:
         """Forget the rewrites of the previous plan (the salt or the policies may have changed since)."""
@@ -61,7 +64,14 @@ class Governor:
         return self.gov.role(self.role)
 
     def fingerprint(self) -> str:
-        """The role and its policies (not the salt's value): part of the result-cache key."""
+        """The role and its policies (not the salt's value): part of the result- and plan-cache keys.
+        Computed once per salt (the salt comes from the environment; the rest is fixed for this Governor)."""
+        salt = self.gov.salt()
+        if salt not in self._fingerprints:
+            self._fingerprints[salt] = self._fingerprint()
+        return self._fingerprints[salt]
+
+    def _fingerprint(self) -> str:
         body = {"role": self.role, "policy": self.policy.model_dump(), "residency": self.gov.residency.model_dump(),
                 "classified": {n: {c: x.classification for c, x in k.columns.items() if x.classification}
                                for n, k in sorted(self.contracts.items())},
@@ -153,6 +163,7 @@ def build_governor(spec: PlatformSpec, *, role: str | None, coordinator: str,
     An unknown role raises SkyfedError naming the known roles.
     """
     path: Path | None = None
+    version: tuple[int, int] | None = None
     if isinstance(governance, Governance):
         gov = governance
     else:
@@ -160,6 +171,7 @@ def build_governor(spec: PlatformSpec, *, role: str | None, coordinator: str,
         path = governance_path(spec_path or os.environ.get("SKYFED_SPEC") or None, explicit)
         if path is None:
             return None
+        version = file_version(path)  # before reading: a change during the read is seen as a change next time
         gov = load_governance(path)
     name = resolve_role(role) or ANONYMOUS
     if name == ANONYMOUS and ANONYMOUS not in gov.roles:
@@ -167,4 +179,16 @@ def build_governor(spec: PlatformSpec, *, role: str | None, coordinator: str,
                                                                                   "classified column is NULL")}})
     gov.role(name)  # unknown role: refused here, with the known roles
     contracts = gov.classify(dict(spec.contracts))  # canonical and reference contracts
-    return Governor(role=name, gov=gov, contracts=contracts, coordinator=coordinator, path=str(path) if path else None)
+    return Governor(role=name, gov=gov, contracts=contracts, coordinator=coordinator, path=str(path) if path else None,
+                    file_version=version)  # fmt: skip
+
+
+def file_version(path: str | os.PathLike[str] | None) -> tuple[int, int] | None:
+    """(size, mtime_ns) of the governance file, None without one (or when it is gone)."""
+    if path is None:
+        return None
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns

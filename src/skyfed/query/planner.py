@@ -91,6 +91,9 @@ class Fragment:
     # rows whose `column` is among them (engine.py decides at run time whether the keys are few enough)
     semi_join: dict[str, str] | None = None
     reduced: bool = False  # a pushed filter (other than a region pick) drops rows of the table
+    # duckdb_sql before the caller's policies wrapped each table in a masking subquery (the same tables,
+    # columns and filters: what --dry-run estimates from; empty when ungoverned)
+    ungoverned_sql: str = ""
 
 
 @dataclass
@@ -103,6 +106,7 @@ class Plan:
     reference_tables: list[str]
     notes: list[str]
     plan_seconds: float = 0.0
+    plan_cache: str = "off"  # hit | miss (planned, stored) | off (plan_cache.py)
 
     def regions(self) -> list[str]:
         seen: list[str] = []
@@ -155,6 +159,7 @@ def plan_query(sql: str, catalog: Catalog, pushdown: bool = True) -> Plan:
         for frag in plan.fragments:
             governed, _ = catalog.governor.fragment(sqlglot_parse(frag.duckdb_sql, read="duckdb"), catalog.governor.coordinator,
                                                     planner._canonical, catalog.live)
+            frag.ungoverned_sql = frag.duckdb_sql
             frag.duckdb_sql = governed.sql("duckdb")
     plan.sql = sql
     plan.bind_sql = bind_sql
