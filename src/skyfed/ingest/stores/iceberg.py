@@ -6,7 +6,8 @@ being replaced, add the new rows) and the mapping's source position in the snaps
 summary properties, all published by a single compare-and-swap of the table's
 metadata pointer in the catalog database. Files written before the swap are
 unreferenced until it happens, so a crash leaves the old state (plus orphan files)
-or the new one, never half.
+or the new one, never half. Orphans of the DuckDB write path are removed by the next
+commit on the table (iceberg_files.WriteDir / remove_abandoned).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,6 +98,7 @@ PROP_VERSION = "skyfed.contract_version"  # table property: registry version of 
 SNAP_RUN = "skyfed.run_id"  # snapshot summary: marks a skyfed commit
 SNAP_MAPPING = "skyfed.mapping"
 SNAP_OPERATION = "skyfed.operation"  # upsert | replace | quarantine
+SNAP_WRITE_DIR = "skyfed.write_dir"  # snapshot summary: the WriteDir folder whose files this commit added
 SNAP_POSITION = "skyfed.position."  # + mapping name: JSON position; every mapping's is carried forward
 CHUNK_ROWS = 500_000  # a RecordBatchReader is committed in chunks of this many rows (memory bound)
 SMALL_FILE_ROWS = 50_000  # a file under this many rows counts as small (micro-batches write such files)
@@ -145,8 +148,12 @@ class IcebergCuratedStore:
 
     kind = "iceberg"
 
-    def __init__(self, region: str, spec: IcebergStore, metadata_url: str | None = None):
+    def __init__(
+        self, region: str, spec: IcebergStore, metadata_url: str | None = None, *, parquet: dict[str, str] | None = None
+    ):
+        """`parquet`: the tables' Parquet writer properties (default files_mod.PARQUET_PROPERTIES; benchmarks vary it)."""
         self.region = region
+        self.parquet = dict(files_mod.PARQUET_PROPERTIES if parquet is None else parquet)
         self.url = metadata_db.prepare(metadata_db.metadata_url(metadata_url))
         self.warehouse = _warehouse(spec.warehouse)
         props: dict[str, str] = {"uri": self.url, "warehouse": self.warehouse, "init_catalog_tables": "true"}
@@ -186,7 +193,7 @@ class IcebergCuratedStore:
     ) -> Table:
         ident = (self.region, name)
         types = _column_types(contract) if contract else _quarantine_types()
-        props = {PROP_KEY: json.dumps(key)}
+        props = {**self.parquet, PROP_KEY: json.dumps(key)}
         if contract is not None:
             props[PROP_CONTRACT] = contract.model_dump_json(by_alias=True)
         try:
@@ -448,43 +455,63 @@ class IcebergCuratedStore:
             reader = con.sql(query).to_arrow_reader(CHUNK_ROWS)
             return self.commit(contract_name, reader, key=key, mapping=mapping, position=position, run_id=run_id,
                                replace=replace)  # fmt: skip
+        self._remove_abandoned(contract_name, table)
         crash_point("iceberg.before_write")
-        files = files_mod.write_data_files(con, select, table.metadata, partition or None, what)
-        for attempt in range(COMMIT_ATTEMPTS):
-            tx = table.transaction()
-            props = self._snapshot_props(table, run_id=run_id, mapping=mapping, position=position_json(position),
-                                         replace=replace, operation="replace" if replace else "upsert")  # fmt: skip
+        write_dir = files_mod.WriteDir(table.metadata.location)
+        done = False
+        try:
+            with write_dir:
+                files = files_mod.write_data_files(con, select, table.metadata, partition or None, what, write_dir.path)
+                result = self._commit_files(contract_name, table, files, write_dir.name, run_id=run_id, mapping=mapping,
+                                            position=position_json(position), replace=replace, started=started)  # fmt: skip
+                write_dir.committed()
+                done = True
+                return result
+        finally:
+            if not done:  # nothing committed (or unsure): the folder goes unless a snapshot lists it
+                try:
+                    self._remove_abandoned(contract_name)
+                except Exception:  # noqa: BLE001 - keep the original error; the next commit cleans up
+                    pass
+
+    def _commit_files(
+        self, name: str, table: Table, files: list[Any], write_dir: str, *, run_id: str, mapping: str, position: str,
+        replace: bool, started: float,
+    ) -> CommitResult:  # fmt: skip
+        """Commit data files already written (the DuckDB path) with the position.
+
+        The files stay valid on top of a newer snapshot only for a full refresh, or while
+        the table is still empty (else their keys would have to be matched): only then is
+        a lost race retried.
+        """
+
+        def stage(table: Table, tx: Transaction, props: dict[str, str], attempt: int) -> tuple[int, int]:
             deleted = _truncate(tx, props) if replace else 0
             if files:
                 with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
                     for f in files:
                         append.append_data_file(f)
             else:
-                tx.append(self._schema_and_key(contract_name, table)[0].empty_table(), snapshot_properties=props)
-            crash_point("iceberg.after_data_files")
-            try:
-                committed = tx.commit_transaction()
-            except CommitFailedException as exc:
-                table = self._table(contract_name)
-                if not replace and _total_records(table.metadata.current_snapshot()) != 0:
-                    raise SkyfedError(
-                        f"{what}: another writer committed to the table during this commit; nothing was committed",
-                        "run the ingestion again (it resumes from the last committed position)",
-                    ) from exc
-                time.sleep(0.05 * (attempt + 1))
-                continue
-            crash_point("iceberg.after_commit")
-            snap = committed.current_snapshot()
-            return CommitResult(
-                snapshot_id=snap.snapshot_id if snap else None,
-                rows_written=sum(f.record_count for f in files),
-                rows_deleted=deleted,
-                seconds=time.perf_counter() - started,
-            )
-        raise SkyfedError(
-            f"{what}: {COMMIT_ATTEMPTS} commit attempts lost to concurrent writers; nothing was committed",
-            "run fewer writers per table at once, then run the ingestion again",
-        )
+                tx.append(self._schema_and_key(name, table)[0].empty_table(), snapshot_properties=props)
+            return sum(f.record_count for f in files), deleted
+
+        def may_retry(table: Table) -> bool:
+            return replace or _total_records(table.metadata.current_snapshot()) == 0
+
+        return self._commit_retrying(name, table, stage, may_retry, started=started, run_id=run_id, mapping=mapping,
+                                     position=position, replace=replace, operation="replace" if replace else "upsert",
+                                     extra={SNAP_WRITE_DIR: write_dir})  # fmt: skip
+
+    def _remove_abandoned(self, name: str, table: Table | None = None) -> list[str]:
+        """Delete data folders of DuckDB-path runs on this table that died before committing (iceberg_files.WriteDir).
+
+        Each candidate is checked against the table's metadata loaded after its marker was
+        locked, so a folder that any snapshot lists is never removed.
+        """
+        if "://" in self.warehouse:
+            return []
+        location = (table or self._table(name)).metadata.location
+        return files_mod.remove_abandoned(location, lambda folder: _lists_files_under(self._table(name), folder))
 
     def commit_quarantine(self, rows: pa.Table, *, run_id: str) -> int:
         if QUARANTINE_TABLE not in self._schemas:
@@ -534,12 +561,11 @@ class IcebergCuratedStore:
         if not key:
             raise SkyfedError(f"{what}: a commit needs the key columns to upsert by", "set `key` on the contract")
         replayable = isinstance(rows, pa.Table)
-        for attempt in range(COMMIT_ATTEMPTS):
-            table = self._table(name)
+        table = self._table(name)
+        self._remove_abandoned(name, table)
+
+        def stage(table: Table, tx: Transaction, props: dict[str, str], attempt: int) -> tuple[int, int]:
             schema, _ = self._schema_and_key(name, table)
-            tx = table.transaction()
-            props = self._snapshot_props(table, run_id=run_id, mapping=mapping, position=position,
-                                         replace=replace, operation=operation)  # fmt: skip
             written = deleted = 0
             # Into an empty (or truncated) table, rows whose keys no earlier chunk had are
             # appended as they are: no file needs to be searched for their keys.
@@ -578,11 +604,48 @@ class IcebergCuratedStore:
                 if replace:
                     deleted += _truncate(tx, props)
                 tx.append(schema.empty_table(), snapshot_properties=props)
+            return written, deleted
+
+        # a lost race is retried only if the rows can be read again (a reader is consumed by the first attempt)
+        return self._commit_retrying(name, table, stage, lambda _table: replayable, started=started, run_id=run_id,
+                                     mapping=mapping, position=position, replace=replace, operation=operation)  # fmt: skip
+
+    def _commit_retrying(
+        self,
+        name: str,
+        table: Table,
+        stage: Callable[[Table, Transaction, dict[str, str], int], tuple[int, int]],
+        may_retry: Callable[[Table], bool],
+        *,
+        started: float,
+        run_id: str,
+        mapping: str | None,
+        position: str | None,
+        replace: bool,
+        operation: str,
+        extra: dict[str, str] | None = None,
+    ) -> CommitResult:
+        """The one commit loop of both write paths: stage, swap the metadata pointer, retry a lost race.
+
+        `stage(table, tx, props, attempt)` stages this commit's snapshot(s) in `tx` and returns
+        (rows written, rows deleted). When another writer wins the swap, the table is loaded
+        again and, if `may_retry(table)`, the commit is staged again on top of it (up to
+        COMMIT_ATTEMPTS times); else nothing was committed and the caller is told to rerun.
+        """
+        what = f"{self.region}.{name}"
+        for attempt in range(COMMIT_ATTEMPTS):
+            if attempt:
+                table = self._table(name)
+            tx = table.transaction()
+            props = self._snapshot_props(table, run_id=run_id, mapping=mapping, position=position,
+                                         replace=replace, operation=operation)  # fmt: skip
+            props.update(extra or {})
+            written, deleted = stage(table, tx, props, attempt)
             crash_point("iceberg.after_data_files")
             try:
                 committed = tx.commit_transaction()
             except CommitFailedException as exc:
-                if not replayable:
+                if not may_retry(self._table(name)):
                     raise SkyfedError(
                         f"{what}: another writer committed to the table during this commit; nothing was committed",
                         "run the ingestion again (it resumes from the last committed position)",
@@ -795,6 +858,25 @@ def _match_mask(file_keys: pa.Table, new_keys: pa.Table, key: list[str]) -> pa.B
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _lists_files_under(table: Table, folder: str) -> bool:
+    """Whether any snapshot of `table` (current or not) lists a data file under `folder`."""
+    name = os.path.basename(folder.rstrip("/"))
+    snaps = table.metadata.snapshots
+    if any(s.summary is not None and s.summary.additional_properties.get(SNAP_WRITE_DIR) == name for s in snaps):
+        return True
+    prefix = folder.rstrip("/") + "/"
+    seen: set[str] = set()
+    for snap in snaps:  # e.g. files added by a commit made without the summary mark
+        for manifest in snap.manifests(table.io):
+            if manifest.manifest_path in seen:
+                continue
+            seen.add(manifest.manifest_path)
+            entries = manifest.fetch_manifest_entry(table.io, discard_deleted=False)
+            if any(e.data_file.file_path.startswith(prefix) for e in entries):
+                return True
+    return False
 
 
 def _total_records(snap: Any) -> int:
