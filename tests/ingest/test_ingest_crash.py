@@ -1,7 +1,8 @@
 """kill -9 of `skyfed ingest` at many points, then a rerun: the tables of a run never interrupted.
 
 `skyfed ingest` runs as a subprocess that SIGKILLs itself at one point
-(SKYFED_CRASH_AT: the runner's points between batches and commits;
+(SKYFED_CRASH_AT: the runner's points between batches and commits, and the fused
+PostgreSQL path's points during and after its one statement;
 SKYFED_STORE_CRASH_AT: the curated stores' points inside a commit), on each kind of
 store: Iceberg (latam from PostgreSQL, na from CSV objects in Cloud Storage) and
 BigQuery (eu, from BigQuery). Right after the kill every table is wholly in the state
@@ -64,6 +65,7 @@ from skyfed.spec import load_spec
 pytestmark = pytest.mark.services
 
 RUNNER_CRASH = "SKYFED_CRASH_AT"
+FUSED = "SKYFED_INGEST_FUSED"
 BATCH_ROWS = 40  # latam's and eu's ~105 flights arrive in 3 batches; na reads one object (a month) per batch
 CONTRACT = "flight_leg"
 MAPPING_OF = {"latam": "latam_flights", "eu": "eu_flights", "na": "na_flights"}
@@ -88,6 +90,7 @@ class Case:
     var: str  # RUNNER_CRASH or STORE_CRASH
     point: str
     interrupts: str  # what the kill interrupts, for messages
+    env: tuple[tuple[str, str], ...] = ()  # more variables for the crashing run only
 
     @property
     def id(self) -> str:
@@ -102,7 +105,11 @@ class Case:
 # commit that reaches them: the quarantine commit (each flights table has bad records),
 # or, for iceberg.after_metadata, the creation of the curated table.
 FIRST_RUN = [
-    Case("latam", RUNNER_CRASH, "batch:2", "extract, after the second batch was staged"),
+    # latam reads PostgreSQL: by default through the fused path (one DuckDB statement scans
+    # and harmonizes); the batch loop's points need the batch path (SKYFED_INGEST_FUSED=0)
+    Case("latam", RUNNER_CRASH, "batch:2", "extract, after the second batch was staged", ((FUSED, "0"),)),
+    Case("latam", RUNNER_CRASH, "fused:scan", "the fused scan + harmonize statement, while it runs"),
+    Case("latam", RUNNER_CRASH, "fused:after_stage", "the fused path, staged, before quarantine and fail checks"),
     Case("latam", RUNNER_CRASH, "after_extract", "before any commit"),
     Case("latam", STORE_CRASH, "iceberg.after_metadata", "the creation of the curated table"),
     Case("latam", STORE_CRASH, "iceberg.before_write", "the quarantine commit, before writing"),
@@ -124,6 +131,7 @@ FIRST_RUN = [
 INCREMENTAL = [
     Case("latam", STORE_CRASH, "iceberg.after_data_files", "the data commit, files written, no metadata"),
     Case("latam", STORE_CRASH, "iceberg.after_metadata", "the data commit, metadata written, pointer not swapped"),
+    Case("latam", RUNNER_CRASH, "fused:scan", "the fused statement over the changed range, while it runs"),
     Case("eu", STORE_CRASH, "bigquery.after_stage", "the data commit, staged, no transaction"),
     Case("eu", STORE_CRASH, "bigquery.after_commit", "the data commit, committed, stage not dropped"),
     Case("na", RUNNER_CRASH, "batch:1", "reading the new object"),
@@ -242,8 +250,10 @@ def skyfed_ingest(home: Path, spec: Path, mappings: list[str], crash: Case | Non
         env.pop(var, None)
     env["SKYFED_HOME"] = str(home)
     env["SKYFED_INGEST_BATCH_ROWS"] = str(BATCH_ROWS)
+    env.pop(FUSED, None)
     if crash is not None:
         env[crash.var] = crash.point
+        env.update(crash.env)
     return subprocess.run(
         [sys.executable, "-m", "skyfed", "ingest", *mappings, "--spec", str(spec), "--json"],
         check=False,
@@ -468,7 +478,16 @@ def test_crash_points_cover_every_store_and_runner_point() -> None:
                             "iceberg.after_commit", "bigquery.before_write", "bigquery.after_stage",
                             "bigquery.after_commit"}  # fmt: skip
     runner_points = {p for v, p in points if v == RUNNER_CRASH}
-    assert runner_points >= {"batch:1", "batch:2", "after_extract", "after_quarantine_commit", "after_commit"}
+    assert runner_points >= {"batch:1", "batch:2", "after_extract", "after_quarantine_commit", "after_commit",
+                             "fused:scan", "fused:after_stage"}  # fmt: skip
+
+
+def test_latam_runs_the_fused_path(crash_runs: CrashRuns) -> None:
+    """The PostgreSQL region's crash cases (all but batch:N) exercise the fused path."""
+    for outcome in (crash_runs.first_ref["latam"], crash_runs.inc_ref["latam"]):
+        outcome.check("latam: uninterrupted run")
+        (r,) = outcome.report["results"]
+        assert any("fused PostgreSQL path" in n for n in r["notes"]), r["notes"]
 
 
 @pytest.mark.parametrize("region", list(MAPPING_OF))

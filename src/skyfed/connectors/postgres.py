@@ -23,6 +23,8 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import duckdb
@@ -300,6 +302,70 @@ class PostgresConnector:
             text += " WHERE " + " AND ".join(conds)
         return text
 
+    # ------------------------------------------------------------------ fused reads (DuckDB scans the table itself)
+    def attach(self, con: duckdb.DuckDBPyConnection, alias: str) -> None:
+        """Attach this source, read-only, to `con` (which has the postgres extension loaded) as `alias`."""
+        dsn = self._conninfo().replace("'", "''")
+        try:
+            con.execute(f"ATTACH '{dsn}' AS {alias} (TYPE postgres, READ_ONLY)")
+        except duckdb.Error as exc:
+            raise self._error(exc) from None
+
+    def splits(self, request: ReadRequest, after: ReadPosition | None) -> bool:
+        """Whether `read` splits this read into parallel ctid ranges (a full read of a large table)."""
+        first = after is None or after.cursor_value is None
+        return first and bool(self._ranges(self._table(request.table), self.parallel))
+
+    def scan_activity(self, table: str) -> tuple[bool, float | None]:
+        """(a COPY of `table` runs now, share 0-1 of its pages behind the ranged COPYs running now).
+
+        For the progress of a DuckDB scan of the attached table, which reports none to
+        Python: its tasks take 1000-page ctid ranges in order, so the highest range start
+        in `pg_stat_activity` tells how far it got (None: no ranged COPY runs).
+        """
+        tbl = self._table(table)
+        conn = self._catalog_conn()
+        running, block = conn.execute(
+            "SELECT count(*), max(substring(query from 'ctid BETWEEN ''\\((\\d+),')::bigint) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active' "
+            "AND query LIKE 'COPY (SELECT %%' AND position(%(t)s in query) > 0",
+            {"t": sql.Identifier(self.spec.schema_, table).as_string(conn)},
+        ).fetchone()  # type: ignore[misc]
+        share = None if block is None or not tbl.pages else min(1.0, int(block) / tbl.pages)
+        return bool(running), share
+
+    def scan_sql(
+        self, request: ReadRequest, upto: ReadPosition, after: ReadPosition | None, alias: str
+    ) -> str | None:
+        """DuckDB SELECT of every column of (after, upto] through the attached `alias`, or None.
+
+        None when DuckDB's scanner would not deliver what `read` delivers: a view or
+        partitioned table (no ctid ranges), a column `read` takes as text (json, uuid,
+        unconstrained numeric...), a cursor value with no exact DuckDB literal. The
+        cursor bounds are plain comparisons, which the scanner pushes down into its
+        COPY statements. Callers compare the scan's types with `table_info` themselves.
+        """
+        tbl = self._table(request.table)
+        if tbl.kind != "r" or request.columns is not None or request.filter:
+            return None
+        if any(c.as_text for c in tbl.columns.values()):
+            return None
+        target = ".".join(_duck_ident(p) for p in (alias, self.spec.schema_, request.table))
+        text = f"SELECT * FROM {target}"
+        if not request.cursor:
+            return text
+        check_columns(KIND, self.name, request.table, tbl.info.schema, (request.cursor,))
+        cur = _duck_ident(request.cursor)
+        conds = []
+        for op, pos in ((">", after), ("<=", upto)):
+            if pos is None or pos.cursor_value is None:
+                continue
+            value = _duck_literal(pos.cursor_value)
+            if value is None:
+                return None
+            conds.append(f"{cur} {op} {value}")
+        return text + (" WHERE " + " AND ".join(conds) if conds else "")
+
     # ------------------------------------------------------------------ reading
     def position(self, request: ReadRequest) -> ReadPosition:
         if not request.cursor:
@@ -427,6 +493,28 @@ class PostgresConnector:
                     out.get(timeout=0.05)
             with contextlib.suppress(Exception):
                 holder.close()
+
+
+def _duck_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _duck_literal(value: Any) -> str | None:
+    """An exact DuckDB literal for a cursor value, or None when there is none."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        return f"{value}::DECIMAL(38,{max(0, -value.as_tuple().exponent)})" if value.is_finite() else None  # type: ignore[operator]
+    if isinstance(value, datetime):
+        kind = "TIMESTAMPTZ" if value.tzinfo is not None else "TIMESTAMP"
+        return f"{kind} '{value.isoformat(sep=' ')}'"
+    if isinstance(value, date):
+        return f"DATE '{value.isoformat()}'"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return None
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

@@ -16,6 +16,10 @@ Stages, each with clear state (after dlt's extract/normalize/load):
    doubles, them.
 Nothing before step 4 is visible to readers, so a crash anywhere leaves the store as
 it was, and the rerun reads the same range again.
+
+For a PostgreSQL table, steps 1-3 are one DuckDB statement where that gives the same
+result (skyfed.ingest.fused: DuckDB scans the table and runs the compiled mapping into
+staging; fail, warnings and quarantine are then read out by SQL); step 4 is unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp, parse_one
 
+from skyfed.connectors import duck
 from skyfed.connectors.base import ReadRequest, Reject
 from skyfed.connectors.registry import connector_for
 from skyfed.contracts.harmonize import (
@@ -52,6 +57,7 @@ from skyfed.contracts.types import contract_schema, duckdb_type, duckdb_types_of
 from skyfed.errors import SkyfedError
 from skyfed.governance.drift import check_drift
 from skyfed.home import sub_dir
+from skyfed.ingest import fused
 from skyfed.ingest.positions import position_from_json, position_to_json
 from skyfed.ingest.reference import prepare_reference
 from skyfed.ingest.stores import open_store
@@ -168,7 +174,8 @@ def run_mapping(
 
         # Staging lives in memory up to a limit and spills to disk beyond it: a
         # persistent database file made every staged batch a disk write.
-        con = duckdb.connect()
+        fused_wanted = fused.wanted(mapping, connector, drift)
+        con = duck.connect(["postgres"]) if fused_wanted else duckdb.connect()
         con.execute(f"SET temp_directory = '{stage_dir / 'spill'}'")
         con.execute(f"SET memory_limit = '{os.environ.get('SKYFED_INGEST_MEMORY', '320MB')}'")
         con.execute("SET preserve_insertion_order = false")
@@ -181,7 +188,12 @@ def run_mapping(
         batch_no = 0
         compiled = None
         staged = False
-        for batch in _sliced(connector.read(request, upto, after, rejects.append), batch_rows):
+        scan = fused.scan(con, connector, request, upto, after, info.schema) if fused_wanted else None
+        if scan is not None:
+            result.notes.append("read and harmonized in one DuckDB statement (fused PostgreSQL path)")
+            staged = _run_fused(con, connector, scan, mapping, contract, ref_tables, info, result, run_id, on_progress)
+        batches = () if scan is not None else _sliced(connector.read(request, upto, after, rejects.append), batch_rows)
+        for batch in batches:
             batch = drift.apply(batch, rejects.append)  # drifted rows to quarantine, drifted values per mode
             result.rows_read += batch.num_rows
             result.bytes_read += batch.nbytes
@@ -264,6 +276,55 @@ def run_mapping(
     return result
 
 
+# --------------------------------------------------------------------------- fused path
+
+
+def _run_fused(
+    con: duckdb.DuckDBPyConnection,
+    connector: Any,
+    scan: fused.FusedScan,
+    mapping: Mapping,
+    contract: Any,
+    ref_tables: dict[str, str],
+    info: Any,
+    result: MappingResult,
+    run_id: str,
+    on_progress: ProgressFn | None,
+) -> bool:
+    """Scan + harmonize in one statement (skyfed.ingest.fused), then the batch loop's
+    bookkeeping over the result with SQL: fail, warnings, quarantine, counters, `stage`.
+    Returns whether the `stage` relation exists."""
+    types = fused.batch_types(info.schema)
+    compiled = compile_mapping(mapping, contract, {}, types, ref_tables)
+    # the statement holds no Arrow batches: it gets the commit's larger memory budget
+    con.execute(f"SET memory_limit = '{os.environ.get('SKYFED_INGEST_COMMIT_MEMORY', '800MB')}'")
+    data_columns = [c for c in types if c != SEQ]
+    result.rows_read = fused.stage(
+        con, scan, compiled.select, data_columns, total=info.rows, on_progress=on_progress,
+        activity=lambda: connector.scan_activity(mapping.table),
+        crash=crash_point,
+    )  # fmt: skip
+    if info.rows and info.bytes:  # an estimate: the table's size in proportion to the rows read
+        result.bytes_read = int(info.bytes * min(1.0, result.rows_read / info.rows))
+    crash_point("fused:after_stage")
+    if fused.count_with(con, FAIL):
+        _raise_on_fail(mapping, fused.rows_with(con, FAIL), "postgres", ordinal=scan.ordinal)
+    for reason, n in fused.reason_counts(con, WARN):
+        group = reason_rule(reason)
+        result.warnings[group] = result.warnings.get(group, 0) + n
+    bad_rows = fused.count_with(con, QUARANTINE)
+    if bad_rows:
+        bad = fused.rows_with(con, QUARANTINE)
+        _stage_quarantine(con, _quarantine_rows(bad, mapping, run_id, result.region))
+        for reason, n in fused.reason_counts(con, QUARANTINE):
+            group = reason_rule(reason)
+            result.quarantine_reasons[group] = result.quarantine_reasons.get(group, 0) + n
+        result.rows_quarantined += bad_rows
+    result.rows_loaded += result.rows_read - bad_rows
+    fused.create_stage_view(con, compiled.contract_columns)
+    return True
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -295,12 +356,13 @@ def _sliced(batches: Any, size: int) -> Any:
     if rows:
         yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
-def _raise_on_fail(mapping: Mapping, out: pa.Table, kind: str) -> None:
+def _raise_on_fail(mapping: Mapping, out: pa.Table, kind: str, *, ordinal: bool = True) -> None:
+    """`ordinal`: whether SEQ numbers the rows in arrival order (not in a parallel fused read)."""
     has_fail = pc.greater(pc.list_value_length(out[FAIL]), 0)
     if pc.any(has_fail).as_py():
         failing = out.filter(has_fail).slice(0, 1)
         first = failing.to_pylist()[0]
-        where = _location_of(first)
+        where = _location_of(first) if ordinal else f"raw {str(first.get(RAW))[:200]}"
         if first.get("_source_object") is None and mapping.key:
             where = f"{_key_location(failing, mapping)[0].as_py()} ({where})"
         n = pc.sum(has_fail).as_py()
