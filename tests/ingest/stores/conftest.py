@@ -24,10 +24,15 @@ def iceberg_env(tmp_path, monkeypatch) -> str:
 
 
 @pytest.fixture(params=["iceberg", "bigquery"])
-def store(request, tmp_path, iceberg_env) -> Iterator[CuratedStore]:
-    """A curated store of each kind."""
+def store(request, tmp_path) -> Iterator[CuratedStore]:
+    """A curated store of each kind.
+
+    The session's `federation` is requested before this test's SKYFED_HOME is set: started
+    under it, the session would keep the test's value, and the test's teardown would then
+    remove SKYFED_HOME from the environment of every later test."""
     if request.param == "bigquery":
         request.getfixturevalue("federation")
+    request.getfixturevalue("iceberg_env")
     spec = store_spec(request.param, str(tmp_path))
     s = open_store("latam" if request.param == "iceberg" else "eu", spec)
     s.test_spec = spec  # type: ignore[attr-defined]  # the crash test's child opens the same store
