@@ -7,11 +7,11 @@ from one module never leak into another.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from envkit import env_vars
 
 from skyfed.demo.seed import seed
 from skyfed.demo.world import WorldConfig
@@ -34,14 +34,7 @@ class World:
 @pytest.fixture(scope="module")
 def seeded_world(federation, tmp_path_factory) -> Iterator[World]:
     home = tmp_path_factory.mktemp("ingest-home")
-    saved = os.environ.get("SKYFED_HOME")
-    os.environ["SKYFED_HOME"] = str(home)
-    try:
+    with env_vars(SKYFED_HOME=str(home)):
         result = seed(WorldConfig(flights=800, seed=7), home)
         spec = load_spec(EXAMPLE)
         yield World(home, spec, result["manifest"])
-    finally:
-        if saved is None:
-            os.environ.pop("SKYFED_HOME", None)
-        else:
-            os.environ["SKYFED_HOME"] = saved

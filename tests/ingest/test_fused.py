@@ -14,7 +14,6 @@ batch path, and progress reaches the rows read.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envkit import env_vars
 from ingest_kit import (
     accounts,
     load,
@@ -117,24 +117,6 @@ def spec_doc(world_home: Path) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def env(**values: str | None) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 class Home:
     """One SKYFED_HOME with the spec; runs either path."""
 
@@ -144,7 +126,7 @@ class Home:
 
     @contextmanager
     def active(self) -> Iterator[PlatformSpec]:
-        with env(SKYFED_HOME=str(self.path), SKYFED_METADATA_URL=None, **{FUSED_ENV: None if self.fused else "0"}):
+        with env_vars(SKYFED_HOME=str(self.path), SKYFED_METADATA_URL=None, **{FUSED_ENV: None if self.fused else "0"}):
             yield load(self.spec_path)
 
     def run(self, mapping: str) -> MappingResult:

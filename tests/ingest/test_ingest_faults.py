@@ -11,12 +11,12 @@ quarantine table are exactly as they were before it.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from envkit import env_vars
 from ingest_kit import (
     accounts,
     closed_port,
@@ -254,22 +254,12 @@ class Faults:
 def faults(federation, tmp_path_factory) -> Faults:
     need_env("SKYFED_PG_PORT", "STORAGE_EMULATOR_HOST")
     home = tmp_path_factory.mktemp("faults-home")
-    saved = {k: os.environ.get(k) for k in ("SKYFED_HOME", WRONG_PASSWORD_VAR, "SKYFED_METADATA_URL")}
-    os.environ["SKYFED_HOME"] = str(home)
-    os.environ[WRONG_PASSWORD_VAR] = "not-the-password"
-    os.environ.pop("SKYFED_METADATA_URL", None)
-    try:
+    with env_vars(SKYFED_HOME=str(home), SKYFED_METADATA_URL=None, **{WRONG_PASSWORD_VAR: "not-the-password"}):
         local_world(home, flights=30)  # only its reference files (airports, FX) are used
         write_tables()
         write_objects(gcs_fresh_bucket(BUCKET))
         path = write_spec(home / "faults.yaml", spec_doc(home, closed_port(), closed_port()))
         yield Faults(home, path, load(path))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ full refresh. Ground truth for the metrics is read from the generator's files
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from envkit import env_vars
 
 from skyfed.demo.seed import seed
 from skyfed.demo.world import WorldConfig
@@ -36,19 +36,12 @@ class World:
 @pytest.fixture(scope="module")
 def world(federation, tmp_path_factory) -> Iterator[World]:
     home = tmp_path_factory.mktemp("pipelines-home")
-    saved = os.environ.get("SKYFED_HOME")
-    os.environ["SKYFED_HOME"] = str(home)
-    try:
+    with env_vars(SKYFED_HOME=str(home)):
         seed(WorldConfig(flights=200, seed=23, days=100), home)  # Jan 1 - Apr 9, 2024 (na gains tail_number Apr 1)
         spec = load_spec(EXAMPLE)
         _, _, failures = ingest(spec, full_refresh=True)
         assert failures == [], [(m.name, e.message) for m, e in failures]
         yield World(home, spec)
-    finally:
-        if saved is None:
-            os.environ.pop("SKYFED_HOME", None)
-        else:
-            os.environ["SKYFED_HOME"] = saved
 
 
 GOVERNANCE = EXAMPLE.parent / "skyfed.governance.yaml"
@@ -64,8 +57,6 @@ def cli() -> Iterator:
     delenv of an unset variable records nothing to restore)."""
     from typer.testing import CliRunner
 
-    saved = os.environ.pop("SKYFED_SPEC", None)
-
     from skyfed.cli import _register, app
 
     _register()
@@ -75,10 +66,5 @@ def cli() -> Iterator:
         res = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
         return res.exit_code, res.stdout, res.stderr
 
-    try:
+    with env_vars(SKYFED_SPEC=None):
         yield invoke
-    finally:
-        if saved is None:
-            os.environ.pop("SKYFED_SPEC", None)
-        else:
-            os.environ["SKYFED_SPEC"] = saved

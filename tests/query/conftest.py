@@ -8,7 +8,6 @@ DuckDB database: the oracle the federated answers must equal.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from envkit import env_vars
 
 from skyfed.demo.seed import seed
 from skyfed.demo.world import WorldConfig
@@ -37,19 +37,12 @@ class World:
 @pytest.fixture(scope="module")
 def ingested_world(federation, tmp_path_factory) -> Iterator[World]:
     home = tmp_path_factory.mktemp("query-home")
-    saved = os.environ.get("SKYFED_HOME")
-    os.environ["SKYFED_HOME"] = str(home)
-    try:
+    with env_vars(SKYFED_HOME=str(home)):
         seed(WorldConfig(flights=800, seed=11), home)
         spec = load_spec(EXAMPLE)
         _, _, failures = ingest(spec, full_refresh=True)
         assert failures == [], [(m.name, e.message) for m, e in failures]
         yield World(home, spec)
-    finally:
-        if saved is None:
-            os.environ.pop("SKYFED_HOME", None)
-        else:
-            os.environ["SKYFED_HOME"] = saved
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ original SQL, and `flight_leg@N` reads an older registered shape.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pytest
+from envkit import env_vars
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,13 +35,8 @@ RESTRICTED_ROLES = ["analyst", "support_eu", "anonymous"]
 
 @pytest.fixture(scope="module")
 def salted(ingested_world) -> Iterator[None]:
-    saved = os.environ.get("SKYFED_MASK_SALT")
-    os.environ["SKYFED_MASK_SALT"] = SALT
-    yield
-    if saved is None:
-        os.environ.pop("SKYFED_MASK_SALT", None)
-    else:
-        os.environ["SKYFED_MASK_SALT"] = saved
+    with env_vars(SKYFED_MASK_SALT=SALT):
+        yield
 
 
 class Values(dict):

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import yaml
+from envkit import env_vars
 
 from skyfed.spec import PlatformSpec, load_spec
 
@@ -31,15 +32,8 @@ def need_env(*names: str) -> dict[str, str]:
 @contextmanager
 def skyfed_home(home: Path) -> Iterator[Path]:
     """SKYFED_HOME points at `home` for a module's fixture, then back to what it was."""
-    saved = os.environ.get("SKYFED_HOME")
-    os.environ["SKYFED_HOME"] = str(home)
-    try:
+    with env_vars(SKYFED_HOME=str(home)):
         yield home
-    finally:
-        if saved is None:
-            os.environ.pop("SKYFED_HOME", None)
-        else:
-            os.environ["SKYFED_HOME"] = saved
 
 
 def pg(database: str = "skyfed", autocommit: bool = True) -> psycopg.Connection[Any]:

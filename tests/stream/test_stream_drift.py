@@ -10,9 +10,9 @@ or acknowledged (switching to evolve then delivers every change: none was skippe
 
 from __future__ import annotations
 
-import os
 
 import pytest
+from envkit import env_vars
 from stream_kit import (
     committed_position,
     curated,
@@ -36,22 +36,13 @@ DB = "skyfed_stream_drift"
 @pytest.fixture(scope="module")
 def setup(federation, tmp_path_factory):
     home = tmp_path_factory.mktemp("stream-drift-home")
-    saved = {k: os.environ.get(k) for k in ("SKYFED_HOME", "SKYFED_GOVERNANCE")}
-    os.environ["SKYFED_HOME"] = str(home)
     governance = home / "skyfed.governance.yaml"
-    os.environ["SKYFED_GOVERNANCE"] = str(governance)
-    try:
+    with env_vars(SKYFED_HOME=str(home), SKYFED_GOVERNANCE=str(governance)):
         fresh_database(DB)
         with pg(DB) as con:
             con.execute("INSERT INTO items (id, qty, note) SELECT g, g, 'seed' FROM generate_series(1, 20) g")
         path = write_spec(home / "skyfed.yaml", spec_doc(DB, "drifttest"))
         yield home, path, load(path), governance
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _mode(governance, mode: str) -> None:
