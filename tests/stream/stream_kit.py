@@ -30,10 +30,18 @@ def need_env(*names: str) -> dict[str, str]:
 
 
 @contextmanager
-def skyfed_home(home: Path) -> Iterator[Path]:
-    """SKYFED_HOME points at `home` for a module's fixture, then back to what it was."""
-    with env_vars(SKYFED_HOME=str(home)):
-        yield home
+def cdc_home(home: Path, database: str, name: str, *, seed: str | None = None, doc: dict[str, Any] | None = None,
+             **env: str | None) -> Iterator[tuple[Path, PlatformSpec]]:  # fmt: skip
+    """A module's streaming setup: SKYFED_HOME (and `env`) pointing at `home` while it lasts, a fresh
+    database (rows inserted by the `seed` SQL), and the spec (`doc`, default `spec_doc(database, name)`)
+    written to home/skyfed.yaml; yields its path and the loaded spec."""
+    with env_vars(SKYFED_HOME=str(home), **env):
+        fresh_database(database)
+        if seed:
+            with pg(database) as con:
+                con.execute(seed)
+        path = write_spec(home / "skyfed.yaml", doc or spec_doc(database, name))
+        yield path, load(path)
 
 
 def pg(database: str = "skyfed", autocommit: bool = True) -> psycopg.Connection[Any]:

@@ -3,9 +3,9 @@ ingested once, polled by generation, the generations committed as the position."
 
 from __future__ import annotations
 
-
 import pytest
-from stream_kit import load, need_env, skyfed_home, write_spec
+from envkit import env_vars
+from stream_kit import load, need_env, write_spec
 
 from skyfed.ingest.stores import open_store
 from skyfed.stream import runner
@@ -22,7 +22,7 @@ def setup(federation, tmp_path_factory):
 
     need_env("STORAGE_EMULATOR_HOST")
     home = tmp_path_factory.mktemp("stream-files-home")
-    with skyfed_home(home):
+    with env_vars(SKYFED_HOME=str(home)):
         client = storage.Client(project="stream-test", credentials=AnonymousCredentials())
         bucket = client.bucket(BUCKET)
         if not bucket.exists():

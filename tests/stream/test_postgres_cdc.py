@@ -16,11 +16,10 @@ import time
 
 import pytest
 from stream_kit import (
-    skyfed_home,
+    cdc_home,
     committed_position,
     curated,
     expected_items,
-    fresh_database,
     load,
     pg,
     slot_confirmed,
@@ -41,10 +40,8 @@ DB = "skyfed_stream_cdc"
 @pytest.fixture(scope="module")
 def setup(federation, tmp_path_factory):
     home = tmp_path_factory.mktemp("stream-home")
-    with skyfed_home(home):
-        fresh_database(DB)
-        path = write_spec(home / "skyfed.yaml", spec_doc(DB, "cdctest"))
-        yield home, path, load(path)
+    with cdc_home(home, DB, "cdctest") as (path, spec):
+        yield home, path, spec
 
 
 def _same(spec) -> None:

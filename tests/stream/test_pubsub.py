@@ -15,7 +15,8 @@ import subprocess
 import sys
 
 import pytest
-from stream_kit import events_spec_doc, load, need_env, skyfed_home, write_spec
+from envkit import env_vars
+from stream_kit import events_spec_doc, load, need_env, write_spec
 
 from skyfed.ingest.stores import open_store
 from skyfed.stream import runner
@@ -44,7 +45,7 @@ def _event(i: int, **over) -> bytes:
 def setup(federation, tmp_path_factory):
     need_env("PUBSUB_EMULATOR_HOST")
     home = tmp_path_factory.mktemp("stream-pubsub-home")
-    with skyfed_home(home):
+    with env_vars(SKYFED_HOME=str(home)):
         path = write_spec(home / "skyfed.yaml", events_spec_doc("pubsubtest", "flight-events-test"))
         spec = load(path)
         runner.run(spec, ["na.events"], until_idle=True, idle_seconds=0.5)  # creates topic and subscription

@@ -17,7 +17,8 @@ import sys
 import time
 
 import pytest
-from stream_kit import events_spec_doc, load, need_env, skyfed_home, write_spec
+from envkit import env_vars
+from stream_kit import events_spec_doc, load, need_env, write_spec
 
 from skyfed.errors import SkyfedError
 from skyfed.ingest.stores import open_store
@@ -63,7 +64,7 @@ def _wait(what: str, check, proc: subprocess.Popen, seconds: float = 60) -> None
 def setup(federation, tmp_path_factory):
     need_env("PUBSUB_EMULATOR_HOST")
     home = tmp_path_factory.mktemp("stream-pubsub-restart-home")
-    with skyfed_home(home):
+    with env_vars(SKYFED_HOME=str(home)):
         path = write_spec(home / "skyfed.yaml", events_spec_doc("pubsubrestart", TOPIC))
         spec = load(path)
         runner.run(spec, ["na.events"], until_idle=True, idle_seconds=0.3)  # creates topic and subscription

@@ -13,14 +13,10 @@ import time
 
 import pytest
 from stream_kit import (
-    skyfed_home,
+    cdc_home,
     curated,
     expected_items,
-    fresh_database,
-    load,
     pg,
-    spec_doc,
-    write_spec,
 )
 
 from skyfed.ingest.stores import table_checksum
@@ -35,13 +31,10 @@ DB = "skyfed_stream_slot"
 @pytest.fixture(scope="module")
 def setup(federation, tmp_path_factory):
     home = tmp_path_factory.mktemp("stream-slot-home")
-    with skyfed_home(home):
+    seed = "INSERT INTO items (id, qty, note) SELECT g, g, 'seed' FROM generate_series(1, 50) g"
+    with cdc_home(home, DB, "slottest", seed=seed) as (path, spec):
         try:
-            fresh_database(DB)
-            with pg(DB) as con:
-                con.execute("INSERT INTO items (id, qty, note) SELECT g, g, 'seed' FROM generate_series(1, 50) g")
-            path = write_spec(home / "skyfed.yaml", spec_doc(DB, "slottest"))
-            yield home, path, load(path)
+            yield home, path, spec
         finally:
             with pg() as con:  # the server is shared by the session: back to no limit
                 con.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")

@@ -5,19 +5,15 @@ with the position in the same commit; the table equals the source (checksums).
 
 from __future__ import annotations
 
-
 import pytest
 from stream_kit import (
-    skyfed_home,
     CONTRACT,
     MAPPING,
+    cdc_home,
     expected_items,
-    fresh_database,
-    load,
     need_env,
     pg,
     spec_doc,
-    write_spec,
 )
 
 from skyfed.ingest.stores import open_store, table_checksum
@@ -32,15 +28,12 @@ DB = "skyfed_stream_bq"
 def setup(federation, tmp_path_factory):
     need_env("SKYFED_BQ_ENDPOINT")
     home = tmp_path_factory.mktemp("stream-bq-home")
-    with skyfed_home(home):
-        fresh_database(DB)
-        with pg(DB) as con:
-            con.execute("INSERT INTO items (id, qty, note, price) SELECT g, g, 'seed', g * 1.5 FROM generate_series(1, 40) g")
-        doc = spec_doc(DB, "bqstreamtest")
-        doc["regions"]["latam"]["store"] = {"kind": "bigquery", "project": "skyfed-latam", "dataset": "stream_curated",
-                                            "location": "southamerica-east1", "endpoint": "${SKYFED_BQ_ENDPOINT}"}  # fmt: skip
-        path = write_spec(home / "skyfed.yaml", doc)
-        yield home, path, load(path)
+    doc = spec_doc(DB, "bqstreamtest")
+    doc["regions"]["latam"]["store"] = {"kind": "bigquery", "project": "skyfed-latam", "dataset": "stream_curated",
+                                        "location": "southamerica-east1", "endpoint": "${SKYFED_BQ_ENDPOINT}"}  # fmt: skip
+    seed = "INSERT INTO items (id, qty, note, price) SELECT g, g, 'seed', g * 1.5 FROM generate_series(1, 40) g"
+    with cdc_home(home, DB, "bqstreamtest", seed=seed, doc=doc) as (path, spec):
+        yield home, path, spec
 
 
 def _store(spec):

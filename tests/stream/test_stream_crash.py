@@ -23,15 +23,11 @@ import time
 import psycopg
 import pytest
 from stream_kit import (
-    skyfed_home,
+    cdc_home,
     committed_position,
     curated,
     expected_items,
-    fresh_database,
-    load,
     pg,
-    spec_doc,
-    write_spec,
 )
 
 from skyfed.ingest.stores import table_checksum
@@ -90,12 +86,9 @@ class Load:
 @pytest.fixture(scope="module")
 def setup(federation, tmp_path_factory):
     home = tmp_path_factory.mktemp("stream-crash-home")
-    with skyfed_home(home):
-        fresh_database(DB)
-        with pg(DB) as con:
-            con.execute("INSERT INTO items (id, qty, note, price) SELECT g, g % 97, 'seed', g / 8.0 FROM generate_series(1, 3000) g")
-        path = write_spec(home / "skyfed.yaml", spec_doc(DB, "crashtest"))
-        yield federation, home, path, load(path)
+    seed = "INSERT INTO items (id, qty, note, price) SELECT g, g % 97, 'seed', g / 8.0 FROM generate_series(1, 3000) g"
+    with cdc_home(home, DB, "crashtest", seed=seed) as (path, spec):
+        yield federation, home, path, spec
 
 
 def _streamer(path, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -10,18 +10,13 @@ or acknowledged (switching to evolve then delivers every change: none was skippe
 
 from __future__ import annotations
 
-
 import pytest
-from envkit import env_vars
 from stream_kit import (
+    cdc_home,
     committed_position,
     curated,
     expected_items,
-    fresh_database,
-    load,
     pg,
-    spec_doc,
-    write_spec,
 )
 
 from skyfed.governance.drift import drift_decisions
@@ -37,12 +32,9 @@ DB = "skyfed_stream_drift"
 def setup(federation, tmp_path_factory):
     home = tmp_path_factory.mktemp("stream-drift-home")
     governance = home / "skyfed.governance.yaml"
-    with env_vars(SKYFED_HOME=str(home), SKYFED_GOVERNANCE=str(governance)):
-        fresh_database(DB)
-        with pg(DB) as con:
-            con.execute("INSERT INTO items (id, qty, note) SELECT g, g, 'seed' FROM generate_series(1, 20) g")
-        path = write_spec(home / "skyfed.yaml", spec_doc(DB, "drifttest"))
-        yield home, path, load(path), governance
+    seed = "INSERT INTO items (id, qty, note) SELECT g, g, 'seed' FROM generate_series(1, 20) g"
+    with cdc_home(home, DB, "drifttest", seed=seed, SKYFED_GOVERNANCE=str(governance)) as (path, spec):
+        yield home, path, spec, governance
 
 
 def _mode(governance, mode: str) -> None:
