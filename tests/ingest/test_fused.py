@@ -76,6 +76,10 @@ COLUMNS = {
 TABLE = """id bigint PRIMARY KEY, origin char(3), departure timestamptz, seats integer, passengers integer,
   fare numeric(10,2), updated_at timestamptz NOT NULL"""
 
+OPEN_TABLE = """id bigint PRIMARY KEY, origin char(3), departure timestamptz, seats integer, passengers integer,
+  fare numeric(10,2), updated_at timestamptz, code text NOT NULL UNIQUE"""
+UNIQUE_NOTE = "search for repeated keys was skipped"
+
 
 def rows() -> list[tuple[Any, ...]]:
     out = []
@@ -106,13 +110,19 @@ def spec_doc(world_home: Path) -> dict[str, Any]:
             }
         },
         "reference": reference_section(world_home),
-        "contracts": {CONTRACT: LEG, **reference_contracts()},
+        "contracts": {CONTRACT: LEG, "leg_by_id": LEG, "leg_by_code": LEG, **reference_contracts()},
         "mappings": [
             {"name": "legs", "table": "legs", **mapping},
             # a filter: rows read would not be rows harmonized, so the batch path runs
             {"name": "legs_filtered", "table": "legs", **mapping, "filter": "seats > 0"},
             # a uuid column the connector reads as text: the batch path runs
             {"name": "legs_uuid", "table": "legs_uuid", **mapping},
+            # the contract key follows the primary key one to one: no key can repeat in a read
+            {"name": "legs_by_id", "table": "legs_open", **mapping, "contract": "leg_by_id",
+             "columns": {**COLUMNS, "flight_id": "'FU-' || CAST(id AS VARCHAR)"}},
+            # a unique source key the contract key does not follow one to one ('ab' and 'AB' collide)
+            {"name": "legs_by_code", "table": "legs_open", **mapping, "contract": "leg_by_code",
+             "columns": {**COLUMNS, "flight_id": "upper(code)"}},
         ],
     }
 
@@ -136,9 +146,9 @@ class Home:
         accounts(results[0])
         return results[0]
 
-    def state(self) -> dict[str, Any]:
+    def state(self, contract: str = CONTRACT) -> dict[str, Any]:
         with self.active() as spec:
-            return store_state(spec, "latam", [CONTRACT], [m.name for m in spec.mappings])
+            return store_state(spec, "latam", [contract], [m.name for m in spec.mappings])
 
 
 def report(r: MappingResult) -> dict[str, Any]:
@@ -164,6 +174,11 @@ def homes(federation, tmp_path_factory) -> tuple[Home, Home]:
         with con.cursor() as cur:
             cur.executemany("INSERT INTO legs VALUES (%s, %s, %s, %s, %s, %s, %s)", rows())
             cur.execute("INSERT INTO legs_uuid SELECT *, gen_random_uuid() FROM legs")
+            # a nullable cursor (id 3 has none: no read takes it) and a unique code ('ab'/'AB' for ids 1, 2)
+            cur.execute(f"CREATE TABLE legs_open ({OPEN_TABLE})")
+            cur.execute("INSERT INTO legs_open SELECT *, CASE id WHEN 1 THEN 'ab' WHEN 2 THEN 'AB' "
+                        "ELSE 'c' || id END FROM legs WHERE id <= 50")
+            cur.execute("UPDATE legs_open SET updated_at = NULL WHERE id = 3")
     doc = spec_doc(world_home)
     return (Home(tmp_path_factory.mktemp("batch-home"), doc, fused=False),
             Home(tmp_path_factory.mktemp("fused-home"), doc, fused=True))  # fmt: skip
@@ -225,3 +240,30 @@ def test_fused_progress_reaches_the_rows_read(homes: tuple[Home, Home]) -> None:
     assert seen, "no progress was reported"
     assert seen[-1][0] == result.rows_read > 0
     assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen)), seen
+
+
+def contract_state(home: Home, contract: str) -> dict[str, Any]:
+    """Rows, checksum and positions of one contract's table."""
+    return {k: v for k, v in home.state(contract)[contract].items() if k != "snapshot_id"}
+
+
+def test_a_key_that_follows_the_primary_key_skips_the_repeat_search(homes: tuple[Home, Home]) -> None:
+    batch, fused = homes
+    rb, rf = batch.run("legs_by_id"), fused.run("legs_by_id")
+    assert any(FUSED_NOTE in n for n in rf.notes), rf.notes
+    assert any(UNIQUE_NOTE in n for n in rf.notes), f"the key follows the primary key: {rf.notes}"
+    # 50 rows, id 3 has no cursor (read by neither path), ids 5, 9 and 12 are quarantined
+    assert rf.rows_read == 49 and rf.rows_quarantined == 3 and rf.rows_superseded == 0, report(rf)
+    assert report(rf) == report(rb)
+    # their own contract (the quarantine table is the region's, shared with the other tests' runs)
+    assert contract_state(fused, "leg_by_id") == contract_state(batch, "leg_by_id")
+
+
+def test_a_key_that_merges_unique_values_is_still_deduplicated(homes: tuple[Home, Home]) -> None:
+    batch, fused = homes
+    rb, rf = batch.run("legs_by_code"), fused.run("legs_by_code")
+    assert any(FUSED_NOTE in n for n in rf.notes), rf.notes
+    assert not any(UNIQUE_NOTE in n for n in rf.notes), f"upper() can merge unique codes: {rf.notes}"
+    assert rf.rows_superseded == 1, report(rf)  # 'ab' and 'AB' are one contract key
+    assert report(rf) == report(rb)
+    assert contract_state(fused, "leg_by_code") == contract_state(batch, "leg_by_code")

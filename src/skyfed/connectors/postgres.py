@@ -113,6 +113,21 @@ order by c.relname, a.attnum
 """
 
 
+# unique indexes (the primary key among them) whose columns are all plain and NOT NULL
+_UNIQUE_KEYS = """
+select array_agg(a.attname::text order by k.ord)
+from pg_index i
+join pg_class c on c.oid = i.indrelid
+join pg_namespace n on n.oid = c.relnamespace
+cross join lateral unnest(i.indkey::int2[]) with ordinality as k(attnum, ord)
+join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum
+where n.nspname = %(schema)s and c.relname = %(table)s
+  and i.indisunique and i.indisvalid and i.indpred is null and i.indexprs is null
+group by i.indexrelid
+having bool_and(a.attnotnull)
+"""
+
+
 def _conn_value(value: str) -> str:
     """A libpq key=value value, quoted."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -316,6 +331,16 @@ class PostgresConnector:
         first = after is None or after.cursor_value is None
         return first and bool(self._ranges(self._table(request.table), self.parallel))
 
+    def unique_keys(self, table: str) -> list[tuple[str, ...]]:
+        """Column sets no two rows of `table` share: its primary key and every unique index
+        over plain NOT NULL columns (no expressions, no predicate). The fused path reads
+        one snapshot, so a contract key that determines one of these repeats in no read."""
+        try:
+            rows = self._catalog_conn().execute(_UNIQUE_KEYS, {"schema": self.spec.schema_, "table": table}).fetchall()
+        except psycopg.Error as exc:
+            raise self._error(exc, table) from None
+        return [tuple(cols) for (cols,) in rows]
+
     def scan_activity(self, table: str) -> tuple[bool, float | None]:
         """(a COPY of `table` runs now, share 0-1 of its pages behind the ranged COPYs running now).
 
@@ -335,9 +360,10 @@ class PostgresConnector:
         return bool(running), share
 
     def scan_sql(
-        self, request: ReadRequest, upto: ReadPosition, after: ReadPosition | None, alias: str
+        self, request: ReadRequest, upto: ReadPosition | None, after: ReadPosition | None, alias: str
     ) -> str | None:
-        """DuckDB SELECT of every column of (after, upto] through the attached `alias`, or None.
+        """DuckDB SELECT of every column of (after, upto] through the attached `alias`, or None
+        (`upto` None: no upper bound).
 
         None when DuckDB's scanner would not deliver what `read` delivers: a view or
         partitioned table (no ctid ranges), a column `read` takes as text (json, uuid,

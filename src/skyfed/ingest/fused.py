@@ -28,6 +28,7 @@ two records that tie on key, cursor and hash are the same record.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import threading
 from collections.abc import Callable
@@ -74,24 +75,54 @@ def wanted(mapping: Mapping, connector: Any, drift: Any) -> bool:
     )
 
 
+# cursor types whose order and Python value are the same in DuckDB and PostgreSQL (not text:
+# collations order it differently; not numeric/float: their Python values print differently)
+_POSITION_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE"}
+
+
+def position_from_read(request: ReadRequest, schema: pa.Schema) -> bool:
+    """Whether this read's position can be the greatest cursor among the rows it read.
+
+    The scan reads one snapshot, so "every row with a cursor up to the greatest one read"
+    is what it saw, the same as asking max(cursor) first and reading up to it, without a
+    second pass over the table (a third of a second per 5M rows, seconds when cold)."""
+    if not request.cursor:
+        return False
+    return duckdb_types_of(schema).get(request.cursor, "").upper() in _POSITION_TYPES
+
+
+def read_position(con: duckdb.DuckDBPyConnection, after: ReadPosition | None) -> ReadPosition:
+    """The greatest cursor read into `harmonized` (rows of every fate), else the previous position."""
+    (value,) = con.execute(f"SELECT max({CURSOR}) FROM {HARMONIZED}").fetchone()  # type: ignore[misc]
+    if value is None:
+        return ReadPosition(cursor_value=after.cursor_value if after is not None else None)
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)  # DuckDB hands out its session zone's tzinfo class
+    return ReadPosition(cursor_value=value)
+
+
 def scan(
     con: duckdb.DuckDBPyConnection,
     connector: Any,
     request: ReadRequest,
-    upto: ReadPosition,
+    upto: ReadPosition | None,
     after: ReadPosition | None,
     schema: pa.Schema,
 ) -> FusedScan | None:
     """The DuckDB scan of the attached source, or None when the batch path must run.
 
     `schema` is the connector's `table_info` schema: the scan must have exactly its
-    columns and DuckDB types, or the compiled mapping would see other values.
+    columns and DuckDB types, or the compiled mapping would see other values. `upto`
+    None: no upper cursor bound (the position is read off the rows, `read_position`);
+    rows with a NULL cursor are still left out, as a bounded read leaves them out.
     """
-    if request.cursor and upto.cursor_value is None:
+    if request.cursor and upto is not None and upto.cursor_value is None:
         return None  # empty when the position was taken: the batch path reads nothing
     sql = connector.scan_sql(request, upto, after, ALIAS)
     if sql is None:
         return None
+    if upto is None and request.cursor and schema.field(request.cursor).nullable:
+        sql = f"SELECT * FROM ({sql}) WHERE {q(request.cursor)} IS NOT NULL"
     connector.attach(con, ALIAS)
     parallel = connector.splits(request, after)
     if not parallel:

@@ -53,6 +53,7 @@ from skyfed.contracts.harmonize import (
     q,
     reason_rule,
 )
+from skyfed.contracts.key_origin import unique_by
 from skyfed.contracts.types import contract_schema, duckdb_type, duckdb_types_of
 from skyfed.errors import SkyfedError
 from skyfed.governance.drift import check_drift
@@ -168,13 +169,14 @@ def run_mapping(
         previous = None if full_refresh else store.committed_position(mapping.contract, mapping.name)
         after = position_from_json(previous)
         request = ReadRequest(table=mapping.table, cursor=mapping.cursor, batch_rows=batch_rows)
-        upto = connector.position(request)
+        fused_wanted = fused.wanted(mapping, connector, drift)
+        # The fused path takes the position from the rows its one-snapshot read returns
+        # (no separate max(cursor) scan of the table); every other read asks for it first.
+        upto = None if fused_wanted and fused.position_from_read(request, info.schema) else connector.position(request)
         result.position_from = previous
-        result.position_to = position_to_json(upto)
 
         # Staging lives in memory up to a limit and spills to disk beyond it: a
         # persistent database file made every staged batch a disk write.
-        fused_wanted = fused.wanted(mapping, connector, drift)
         con = duck.connect(["postgres"]) if fused_wanted else duckdb.connect()
         con.execute(f"SET temp_directory = '{stage_dir / 'spill'}'")
         con.execute(f"SET memory_limit = '{os.environ.get('SKYFED_INGEST_MEMORY', '320MB')}'")
@@ -188,10 +190,22 @@ def run_mapping(
         batch_no = 0
         compiled = None
         staged = False
+        unique_keys = False  # the read cannot hold a key twice (fused path over a unique source key)
         scan = fused.scan(con, connector, request, upto, after, info.schema) if fused_wanted else None
         if scan is not None:
             result.notes.append("read and harmonized in one DuckDB statement (fused PostgreSQL path)")
             staged = _run_fused(con, connector, scan, mapping, contract, ref_tables, info, result, run_id, on_progress)
+            if upto is None:
+                upto = fused.read_position(con, after)
+            if _unique_in_read(connector, mapping, contract, info):
+                unique_keys = True
+                result.notes.append(
+                    "contract key follows a unique key of the source and the read is one snapshot: no key can repeat, "
+                    "so the search for repeated keys was skipped"
+                )
+        if upto is None:  # the fused path did not apply after all
+            upto = connector.position(request)
+        result.position_to = position_to_json(upto)
         batches = () if scan is not None else _sliced(connector.read(request, upto, after, rejects.append), batch_rows)
         for batch in batches:
             batch = drift.apply(batch, rejects.append)  # drifted rows to quarantine, drifted values per mode
@@ -255,7 +269,7 @@ def run_mapping(
             commit = store.commit_query(
                 mapping.contract,
                 con,
-                _deduplicated(con, contract, staged),
+                _deduplicated(con, contract, staged, unique=unique_keys),
                 key=list(contract.key),
                 mapping=mapping.name,
                 position=position_to_json(upto),
@@ -323,6 +337,15 @@ def _run_fused(
     result.rows_loaded += result.rows_read - bad_rows
     fused.create_stage_view(con, compiled.contract_columns)
     return True
+
+
+def _unique_in_read(connector: Any, mapping: Mapping, contract: Any, info: Any) -> bool:
+    """Whether the contract keys of a fused read cannot repeat: the read is one snapshot of
+    the table, and the contract key determines one of its unique keys (contracts.key_origin)."""
+    unique_keys = getattr(connector, "unique_keys", None)
+    if unique_keys is None or not contract.key:
+        return False
+    return unique_by(mapping, contract, duckdb_types_of(info.schema), unique_keys(mapping.table)) is not None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -445,19 +468,20 @@ def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
 
 
-def _deduplicated(con: duckdb.DuckDBPyConnection, contract: Any, staged: bool) -> str:
+def _deduplicated(con: duckdb.DuckDBPyConnection, contract: Any, staged: bool, *, unique: bool = False) -> str:
     """SQL of the staged rows, one per key (the latest cursor wins, then the latest arrival).
 
     The store runs it on the staging connection: DuckDB either writes the data files
     itself or streams batches, so the whole table is never held in Python. Only keys
     that repeat go through the window: finding them needs the key columns alone, and
-    most loads have none."""
+    most loads have none. `unique`: the read cannot repeat a key (see `_unique_in_read`),
+    so even that search is skipped."""
     schema = contract_schema(contract)
     if not staged:
         types = ", ".join(f"CAST(NULL AS {duckdb_type(c.type)}) AS {q(n)}" for n, c in contract.columns.items())
         return f"SELECT {types} WHERE false"
     cols = ", ".join(q(c) for c in schema.names)
-    if not contract.key:
+    if not contract.key or unique:
         return f"SELECT {cols} FROM stage"
     key = ", ".join(q(k) for k in contract.key)
     con.execute(f"CREATE OR REPLACE TABLE repeated AS SELECT {key} FROM stage GROUP BY ALL HAVING count(*) > 1")
