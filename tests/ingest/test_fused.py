@@ -35,6 +35,7 @@ from ingest_kit import (
     write_spec,
 )
 
+from skyfed.connectors.postgres import PARALLEL_MIN_PAGES
 from skyfed.ingest.batch import ingest
 from skyfed.ingest.fused import FUSED_ENV
 from skyfed.ingest.runner import MappingResult, run_mapping
@@ -79,6 +80,8 @@ TABLE = """id bigint PRIMARY KEY, origin char(3), departure timestamptz, seats i
 OPEN_TABLE = """id bigint PRIMARY KEY, origin char(3), departure timestamptz, seats integer, passengers integer,
   fare numeric(10,2), updated_at timestamptz, code text NOT NULL UNIQUE"""
 UNIQUE_NOTE = "search for repeated keys was skipped"
+OWN_CONTRACTS = ("leg_by_id", "leg_by_code", "leg_big_repeating", "leg_big_unique")
+BIG_ROWS = PARALLEL_MIN_PAGES + 300
 
 
 def rows() -> list[tuple[Any, ...]]:
@@ -110,7 +113,7 @@ def spec_doc(world_home: Path) -> dict[str, Any]:
             }
         },
         "reference": reference_section(world_home),
-        "contracts": {CONTRACT: LEG, "leg_by_id": LEG, "leg_by_code": LEG, **reference_contracts()},
+        "contracts": {CONTRACT: LEG, **{c: LEG for c in OWN_CONTRACTS}, **reference_contracts()},
         "mappings": [
             {"name": "legs", "table": "legs", **mapping},
             # a filter: rows read would not be rows harmonized, so the batch path runs
@@ -123,6 +126,11 @@ def spec_doc(world_home: Path) -> dict[str, Any]:
             # a unique source key the contract key does not follow one to one ('ab' and 'AB' collide)
             {"name": "legs_by_code", "table": "legs_open", **mapping, "contract": "leg_by_code",
              "columns": {**COLUMNS, "flight_id": "upper(code)"}},
+            # a table large enough for parallel ctid ranges: keys repeating with later cursors, and unique keys
+            {"name": "big_repeating", "table": "legs_big", **mapping, "contract": "leg_big_repeating",
+             "columns": {**COLUMNS, "flight_id": "'FU-' || CAST(id % 4000 AS VARCHAR)"}},
+            {"name": "big_unique", "table": "legs_big", **mapping, "contract": "leg_big_unique",
+             "columns": {**COLUMNS, "flight_id": "'FU-' || CAST(id AS VARCHAR)"}},
         ],
     }
 
@@ -179,6 +187,13 @@ def homes(federation, tmp_path_factory) -> tuple[Home, Home]:
             cur.execute("INSERT INTO legs_open SELECT *, CASE id WHEN 1 THEN 'ab' WHEN 2 THEN 'AB' "
                         "ELSE 'c' || id END FROM legs WHERE id <= 50")
             cur.execute("UPDATE legs_open SET updated_at = NULL WHERE id = 3")
+            # one row per page (fillfactor 10, ~700-byte rows): past the connector's parallel-read threshold
+            cur.execute(f"CREATE TABLE legs_big ({TABLE}, filler text) WITH (fillfactor = 10)")
+            cur.execute(
+                "INSERT INTO legs_big SELECT i, CASE WHEN i %% 1000 = 7 THEN 'ZZZ' ELSE 'GRU' END, "
+                "%s + i * interval '1 minute', 150, 100, 10.5, %s + i * interval '1 second', repeat('x', 650) "
+                f"FROM generate_series(1, {BIG_ROWS}) i", [T0, T0 + timedelta(days=1)])
+        con.execute("VACUUM ANALYZE legs_big")  # relpages: what the connector splits by
     doc = spec_doc(world_home)
     return (Home(tmp_path_factory.mktemp("batch-home"), doc, fused=False),
             Home(tmp_path_factory.mktemp("fused-home"), doc, fused=True))  # fmt: skip
@@ -267,3 +282,22 @@ def test_a_key_that_merges_unique_values_is_still_deduplicated(homes: tuple[Home
     assert rf.rows_superseded == 1, report(rf)  # 'ab' and 'AB' are one contract key
     assert report(rf) == report(rb)
     assert contract_state(fused, "leg_by_code") == contract_state(batch, "leg_by_code")
+
+
+@pytest.mark.parametrize(("mapping", "unique"), [("big_repeating", False), ("big_unique", True)])
+def test_a_parallel_read_equals_the_batch_path(homes: tuple[Home, Home], mapping: str, unique: bool) -> None:
+    batch, fused = homes
+    with pg_connect(DATABASE) as con:
+        pages = con.execute("SELECT relpages FROM pg_class WHERE relname = 'legs_big'").fetchone()[0]
+    assert pages >= PARALLEL_MIN_PAGES, f"legs_big has {pages} pages: too few for a parallel read, the test proves nothing"
+    rb, rf = batch.run(mapping), fused.run(mapping)
+    assert any(FUSED_NOTE in n for n in rf.notes), rf.notes
+    assert any(UNIQUE_NOTE in n for n in rf.notes) == unique, rf.notes
+    bad = len(range(7, BIG_ROWS + 1, 1000))  # ids 7, 1007, ...: an unknown airport
+    assert rf.rows_read == BIG_ROWS and rf.rows_quarantined == bad, report(rf)
+    good = [i for i in range(1, BIG_ROWS + 1) if i % 1000 != 7]
+    keys = {i % 4000 for i in good} if not unique else set(good)  # one row per key stays, the others are superseded
+    assert rf.rows_superseded == len(good) - len(keys) and (unique or rf.rows_superseded > 0), report(rf)
+    assert report(rf) == report(rb)
+    contract = f"leg_{mapping}"
+    assert contract_state(fused, contract) == contract_state(batch, contract)

@@ -154,6 +154,9 @@ def stage(
 ) -> int:
     """Run the one statement: scan + harmonize into table `harmonized`; returns rows read.
 
+    `columns`: what the arrival order of a parallel read hashes (the whole record, or a
+    unique key of the source when no key can repeat in the read).
+
     Progress: DuckDB reports none to Python while a statement runs (`query_progress()`
     stays 0 or -1), so a thread asks `activity()` every POLL_SECONDS (the connector
     reads from `pg_stat_activity` how far the scanner's ctid ranges got) and reports the

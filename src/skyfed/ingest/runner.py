@@ -194,15 +194,17 @@ def run_mapping(
         scan = fused.scan(con, connector, request, upto, after, info.schema) if fused_wanted else None
         if scan is not None:
             result.notes.append("read and harmonized in one DuckDB statement (fused PostgreSQL path)")
-            staged = _run_fused(con, connector, scan, mapping, contract, ref_tables, info, result, run_id, on_progress)
-            if upto is None:
-                upto = fused.read_position(con, after)
-            if _unique_in_read(connector, mapping, contract, info):
+            source_key = _unique_in_read(connector, mapping, contract, info)
+            if source_key is not None:
                 unique_keys = True
                 result.notes.append(
-                    "contract key follows a unique key of the source and the read is one snapshot: no key can repeat, "
-                    "so the search for repeated keys was skipped"
+                    f"contract key follows the source's unique key ({', '.join(source_key)}) and the read is one "
+                    "snapshot: no key can repeat, so the search for repeated keys was skipped"
                 )
+            staged = _run_fused(con, connector, scan, mapping, contract, ref_tables, info, result, run_id, on_progress,
+                                seq_columns=source_key)  # fmt: skip
+            if upto is None:
+                upto = fused.read_position(con, after)
         if upto is None:  # the fused path did not apply after all
             upto = connector.position(request)
         result.position_to = position_to_json(upto)
@@ -304,15 +306,20 @@ def _run_fused(
     result: MappingResult,
     run_id: str,
     on_progress: ProgressFn | None,
+    *,
+    seq_columns: tuple[str, ...] | None = None,
 ) -> bool:
     """Scan + harmonize in one statement (skyfed.ingest.fused), then the batch loop's
     bookkeeping over the result with SQL: fail, warnings, quarantine, counters, `stage`.
-    Returns whether the `stage` relation exists."""
+    `seq_columns`: the source's unique key when no key can repeat; the arrival order of a
+    parallel read is then a hash of it alone (it breaks no tie, it only orders quarantine
+    records the same way every run), not of the whole record. Returns whether the `stage`
+    relation exists."""
     types = fused.batch_types(info.schema)
     compiled = compile_mapping(mapping, contract, {}, types, ref_tables)
     # the statement holds no Arrow batches: it gets the commit's larger memory budget
     con.execute(f"SET memory_limit = '{os.environ.get('SKYFED_INGEST_COMMIT_MEMORY', '800MB')}'")
-    data_columns = [c for c in types if c != SEQ]
+    data_columns = list(seq_columns) if seq_columns else [c for c in types if c != SEQ]
     result.rows_read = fused.stage(
         con, scan, compiled.select, data_columns, total=info.rows, on_progress=on_progress,
         activity=lambda: connector.scan_activity(mapping.table),
@@ -339,13 +346,14 @@ def _run_fused(
     return True
 
 
-def _unique_in_read(connector: Any, mapping: Mapping, contract: Any, info: Any) -> bool:
-    """Whether the contract keys of a fused read cannot repeat: the read is one snapshot of
-    the table, and the contract key determines one of its unique keys (contracts.key_origin)."""
+def _unique_in_read(connector: Any, mapping: Mapping, contract: Any, info: Any) -> tuple[str, ...] | None:
+    """The source's unique key when the contract keys of a fused read cannot repeat: the read
+    is one snapshot of the table, and the contract key determines that unique key
+    (contracts.key_origin). None: keys may repeat."""
     unique_keys = getattr(connector, "unique_keys", None)
     if unique_keys is None or not contract.key:
-        return False
-    return unique_by(mapping, contract, duckdb_types_of(info.schema), unique_keys(mapping.table)) is not None
+        return None
+    return unique_by(mapping, contract, duckdb_types_of(info.schema), unique_keys(mapping.table))
 
 
 # --------------------------------------------------------------------------- helpers
