@@ -33,6 +33,10 @@ skyfed runs with the result cache OFF (`cache=False`; every run's report says `c
 the plan cache on: the warm medians use cached plans (plan_cache hits are recorded per run), and the
 first run of each query in the process (round 0, the warm-up, not in the medians) is reported as the
 cold figure next to them (`cold`: seconds, plan ms, phases), so a plan cache cannot hide planning cost.
+The region scan cache (src/skyfed/query/scan_cache.py) is on, as for any user: a table's first scan
+in the process is a miss, its second fills a copy of the columns read, later ones hit; each run's
+state per region and table is recorded (`scan_cache_by_run`, `cold.scan_cache`) and the timed runs
+that filled are named (`scan_cache_fill_runs`), so the warm medians say what they include.
 Bytes crossing region boundaries: Arrow bytes of what each non-coordinator region returned
 (the coordinator is latam, the spec's first region; latam's own result does not cross).
 Every run also records CPU seconds (this process, all threads, plus the BigQuery emulator's
@@ -406,6 +410,7 @@ class Skyfed:
             "bytes_crossing": crossing, "rows_shipped": rep.rows_shipped,
             "region_seconds": {r.region: r.seconds for r in rep.regions}, "merge_seconds": rep.merge_seconds,
             "phases": dict(rep.phases), "region_phases": {r.region: dict(r.phases) for r in rep.regions},
+            "scan_cache": {r.region: dict(r.scan_cache) for r in rep.regions if r.scan_cache},
         }  # fmt: skip
 
 
@@ -481,7 +486,9 @@ def main() -> None:
                     samples[q][n].append({"seconds": seconds, "loadavg": load, "cpu_s": cpu, **extra})
                 elif n == "skyfed":
                     cold[q] = {"seconds": round(seconds, 4), "plan_ms": extra["plan_ms"], "plan_cache": extra["plan_cache"],
-                               "phases_s": extra["phases"], "loadavg": load}  # fmt: skip
+                               "phases_s": extra["phases"], "loadavg": load,
+                               "scan_cache": extra.get("scan_cache", {}),
+                               "region_phases_s": extra.get("region_phases", {})}  # fmt: skip
                 log(f"round {rnd} {q} {n}: {seconds:.3f} s, {table.num_rows} rows"
                     + (f", {extra['bytes_crossing']} B crossing" if "bytes_crossing" in extra else ""))  # fmt: skip
 
@@ -508,6 +515,10 @@ def main() -> None:
                     rows_shipped=s[0]["rows_shipped"], region_seconds=s[-1]["region_seconds"],
                     merge_seconds=s[-1]["merge_seconds"],
                 )  # fmt: skip
+            if "scan_cache" in s[0]:  # the region scan cache per timed run: region -> table -> hit | fill | miss | bypass
+                entry["scan_cache_by_run"] = [x["scan_cache"] for x in s]
+                entry["scan_cache_fill_runs"] = [i + 1 for i, x in enumerate(s)
+                                                 if any(v.startswith("fill") for t in x["scan_cache"].values() for v in t.values())]  # fmt: skip
             if "plan_cache" in s[0]:
                 entry["plan_cache_hits"] = f"{sum(x['plan_cache'] == 'hit' for x in s)}/{len(s)}"
                 entry["result_cache"] = sorted({x["result_cache"] for x in s})
@@ -551,6 +562,9 @@ def main() -> None:
               f"co-located {d['median_s']:.3f} s | crossing {a['bytes_crossing']} B vs naive {b['bytes_crossing']} B "
               f"({100 * results[q]['ratios']['bytes_crossing_skyfed_over_naive']:.4f}%) | plan {a['plan_ms_median']} ms "
               f"| goals {goals} | equal {agree}")  # fmt: skip
+        if "scan_cache_by_run" in a:
+            print(f"  {q} skyfed region scan cache: cold {a.get('cold', {}).get('scan_cache')} | "
+                  f"timed runs {a['scan_cache_by_run']} | fills in timed runs {a['scan_cache_fill_runs']}")  # fmt: skip
         if "phases_median_s" in a:
             ph = a["phases_median_s"]
             regions = "; ".join(f"{r} " + ", ".join(f"{k} {1000 * v:.0f}" for k, v in p.items())
@@ -569,7 +583,17 @@ def main() -> None:
             "hand_rolled_preexported_duckdb": "eu (BigQuery) exported once to Parquet via the store's read before the "
                                               "timing (not in latency; a stale copy); ratio shown only",
         },
-        "skyfed_caches": "result cache off (checked per run); plan cache on (warm medians), cold = first run in process",
+        "skyfed_caches": ("result cache off (checked per run); plan cache on (warm medians), cold = first run in process; "
+                          "region scan cache ON with its default budget (SKYFED_SCAN_CACHE_MB, "
+                          f"{os.environ.get('SKYFED_SCAN_CACHE_MB') or 'unset: 1024'}): the warm medians include it. A "
+                          "snapshot is copied on its second scan, so a table's first scan in the process is a miss, "
+                          "and the runs that filled a copy (slower: they read every row of the copied columns and "
+                          "compress them) are listed per query in skyfed.scan_cache_fill_runs (1 = first timed round; "
+                          "fills in round 0 are in skyfed.cold.scan_cache); scan_cache_by_run has every run's state "
+                          "per region and table; 'bypass: measuring...' / 'bypass: slower...' runs read the files (the "
+                          "per-statement measured switch: a statement first seen on copies runs once on the files, one "
+                          "slower on copies keeps reading the files). naive_federation (pushdown off), when run, shares "
+                          "this process's scan cache"),
         "hand_rolled_eu_export_seconds": round(export_seconds, 1),
         "coordinator_region": "latam",
         "rounds": args.rounds,

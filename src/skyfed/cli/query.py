@@ -150,6 +150,10 @@ def _render_report(rep: dict[str, Any]) -> None:
         err.print(f"  result cache: {cache['status']}{why}", highlight=False)
     for region, why in rep["pruned"].items():
         err.print(f"  {region}: not read ({why})", highlight=False)
+    for r in rep["regions"]:
+        if r.get("scan_cache"):
+            states = ", ".join(f"{t} {s}" for t, s in r["scan_cache"].items())
+            err.print(f"  {r['region']} scan cache: {states}", highlight=False)
     for sj in rep.get("semi_joins") or []:
         err.print(f"  semi-join {sj['fragment']}.{sj['column']} <- {sj['build']}.{sj['build_column']}: "
                   f"{sj.get('decision', 'not run')}", highlight=False)  # fmt: skip

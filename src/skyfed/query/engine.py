@@ -65,6 +65,8 @@ class RegionReport:
     snapshots: dict[str, Any] = field(default_factory=dict)
     # seconds per phase in this region (the slowest fragment's run when several ran; see executors.RegionRun)
     phases: dict[str, float] = field(default_factory=dict)
+    # the region scan cache per table read (executors.RegionRun.scan_cache): hit | fill | miss | bypass[: why]
+    scan_cache: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -774,6 +776,7 @@ class Federation:
                 if run.bytes_scanned is not None:
                     rep.bytes_scanned = (rep.bytes_scanned or 0) + run.bytes_scanned
                 rep.snapshots.update(run.snapshots)
+                rep.scan_cache.update(run.scan_cache)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 

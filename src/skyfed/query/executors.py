@@ -7,7 +7,10 @@ One small interface (`RegionExecutor.run` / `cancel`), one implementation per en
   table named `<region>.<table>`. DuckDB pushes projections and filters into the scan
   (partition and file pruning from manifest statistics) and aggregates in C++; only
   the result becomes Arrow. The metadata location is taken from the SQL catalog at
-  run time, so a query reads one consistent snapshot per table.
+  run time, so a query reads one consistent snapshot per table. A table scanned again at the same
+  snapshot is copied (its hot columns, compressed) into the shared DuckDB and the view points at
+  the copy (the region scan cache, scan_cache.py); `RegionRun.scan_cache` says per table hit,
+  fill, miss or bypass.
 - `BigQueryExecutor`: the official client runs the region's SQL as a query job in the
   dataset's location; the result comes back as Arrow (`create_bqstorage_client=False`,
   since the emulator cannot Storage-Read query results).
@@ -20,10 +23,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import duckdb
 import pyarrow as pa
 
 from skyfed.connectors import duck
 from skyfed.errors import SkyfedError
+from skyfed.query.scan_cache import ScanCache, columns_used
 from skyfed.spec.models import BigQueryStore, IcebergStore, PlatformSpec, Region
 
 
@@ -39,6 +44,8 @@ class RegionRun:
     # seconds per phase of this run (duckdb: catalog, setup, execute, fetch; bigquery: client, broadcast,
     # submit, wait, fetch): what the region's time was spent on, for the report and the benchmark
     phases: dict[str, float] = field(default_factory=dict)
+    # the region scan cache's decision per Iceberg table read (scan_cache.py): hit | fill | miss | bypass[: why]
+    scan_cache: dict[str, str] = field(default_factory=dict)
 
 
 class RegionExecutor(Protocol):
@@ -73,6 +80,20 @@ def _shared_duckdb() -> tuple[Any, threading.Lock]:
 def _region_lock(region: str) -> threading.Lock:
     with _SHARED_LOCK:
         return _REGION_LOCKS.setdefault(region, threading.Lock())
+
+
+# copies of hot Iceberg snapshots in the shared DuckDB, filled and read under the per-region locks
+SCAN_CACHE = ScanCache(_region_lock)
+
+
+def clear_scan_cache() -> None:
+    """Drop every region scan cache copy of this process (between queries: tests, benchmarks)."""
+    base, _ = _shared_duckdb()
+    con = base.cursor()
+    try:
+        SCAN_CACHE.clear(con)
+    finally:
+        con.close()
 
 
 _ATTACHED: dict[str, str] = {}  # postgres sources ATTACHed in the shared DuckDB: name -> DSN
@@ -195,6 +216,7 @@ class DuckDBIcebergExecutor:
         duckdb_session(con)
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.region}"')
         snapshots: dict[str, Any] = {}
+        cached: dict[str, str] = {}
         sent = 0
         for info, _contract in self.broadcast.values():  # the reference copies this query joins with
             data = arrow_of(info)
@@ -202,6 +224,10 @@ class DuckDBIcebergExecutor:
             sent += data.nbytes
         for name, keys in self.keys.items():
             con.register(name, keys)
+        used: dict[str, frozenset[str]] | None = None
+        parquet: dict[str, str] = {}  # table -> metadata location, for the views read from a copy
+        slower = SCAN_CACHE.slower(self.region, sql)  # measured slower on copies: the files, without asking
+        reading_copies: list[str] = []  # relations of the copies this run reads (never evicted by its own fills)
         for name in tables:
             live = self.live.get(name)
             if live is not None:
@@ -225,20 +251,82 @@ class DuckDBIcebergExecutor:
                     cols = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in empty.schema)
                     con.execute(f'CREATE OR REPLACE VIEW "{self.region}"."{name}" AS SELECT {cols} WHERE false')
                     _VIEWS[view] = "empty:" + table.metadata_location
-            elif _VIEWS.get(view) != table.metadata_location:  # a new snapshot (or first use): re-point the view
+                continue
+            if used is None:
+                used = columns_used(sql, self.region, [t for t in tables if t not in self.live]) or {}
+            target = None
+            if slower is not None:
+                cached[name] = "bypass: " + slower
+            else:
+                target = self._scan_cache(con, name, table, snap, used.get(name) if used else None, cached, phases,
+                                          list(reading_copies))  # fmt: skip
+            if target is not None:
+                reading_copies.append(target)
+                parquet[name] = table.metadata_location
+                self._point(con, name, "copy:" + target, f"SELECT * FROM {target}")
+            else:
                 location = table.metadata_location.replace("'", "''")
-                con.execute(
-                    f"CREATE OR REPLACE VIEW \"{self.region}\".\"{name}\" AS SELECT * FROM iceberg_scan('{location}')"
-                )
-                _VIEWS[view] = table.metadata_location
+                self._point(con, name, table.metadata_location, f"SELECT * FROM iceberg_scan('{location}')")
         t0 = time.perf_counter()
-        phases["setup"] = t0 - started - phases["catalog"]
-        cursor = con.execute(sql)
+        phases["setup"] = t0 - started - phases["catalog"] - phases.get("fill", 0.0)
+        try:
+            cursor = con.execute(sql)
+        except (duckdb.BinderException, duckdb.CatalogException) as exc:
+            if not parquet:
+                raise
+            # never a wrong answer, nor a new error: the copy lacks something the SQL reads: run it on the files
+            for name, location in parquet.items():
+                quoted = location.replace("'", "''")
+                self._point(con, name, location, f"SELECT * FROM iceberg_scan('{quoted}')")
+                cached[name] = f"bypass: the copy cannot answer this SQL ({type(exc).__name__})"
+            t0 = time.perf_counter()
+            cursor = con.execute(sql)
         t1 = time.perf_counter()
         result = cursor.to_arrow_table()
         t2 = time.perf_counter()
         phases.update(execute=t1 - t0, fetch=t2 - t1)
-        return RegionRun(result, t2 - started, None, snapshots, sent, phases)
+        states = {s.split(":")[0] for s in cached.values()}
+        if states and states <= {"hit", "fill"}:
+            SCAN_CACHE.record(self.region, sql, "copy", t2 - t0)
+        elif states and not states & {"hit", "fill"}:
+            SCAN_CACHE.record(self.region, sql, "files", t2 - t0)
+        return RegionRun(result, t2 - started, None, snapshots, sent, phases, cached)
+
+    def _point(self, con: Any, name: str, target: str, body: str) -> None:
+        """(Re-)create the view `<region>.<name>` when it points elsewhere (binding iceberg_scan costs 5-15 ms)."""
+        view = (self.region, name)
+        if _VIEWS.get(view) != target:
+            con.execute(f'CREATE OR REPLACE VIEW "{self.region}"."{name}" AS {body}')
+            _VIEWS[view] = target
+
+    def _scan_cache(self, con: Any, name: str, table: Any, snap: Any, used: frozenset[str] | None,
+                    cached: dict[str, str], phases: dict[str, float], reading: list[str]) -> str | None:  # fmt: skip
+        """The copy's relation when this run reads `name` from the scan cache (a hit, or a fill now), else None."""
+        total = snap.summary.get("total-records") if snap.summary is not None else None
+        rows = int(total) if total is not None else None
+        location = table.metadata_location
+        decision = SCAN_CACHE.decide(con, self.region, name, location, snap.snapshot_id, used,
+                                     table.schema().as_arrow(), rows)  # fmt: skip
+        if decision.state == "fill":
+            t0 = time.perf_counter()
+            try:
+                keep = frozenset(c.split('"')[1] for c in reading)  # copies this run already reads stay
+                copy = SCAN_CACHE.fill(con, decision, self.region, name, location, snap.snapshot_id, keep)
+            except duckdb.InterruptException:
+                raise
+            except duckdb.Error as exc:  # e.g. out of memory: the query still runs, on the files
+                copy = None
+                decision.reason = f"fill failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            phases["fill"] = phases.get("fill", 0.0) + time.perf_counter() - t0
+            if copy is None:
+                decision.state = "bypass"
+                decision.reason = decision.reason if decision.reason.startswith("fill failed") else \
+                    "budget full: the copies to evict are in use"  # fmt: skip
+            decision.copy = copy
+        cached[name] = decision.label()
+        if decision.state in ("hit", "fill") and decision.copy is not None:
+            return decision.copy.relation
+        return None
 
     def cancel(self) -> None:
         con = self._con
