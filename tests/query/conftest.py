@@ -37,7 +37,8 @@ class World:
 @pytest.fixture(scope="module")
 def ingested_world(federation, tmp_path_factory) -> Iterator[World]:
     home = tmp_path_factory.mktemp("query-home")
-    with env_vars(SKYFED_HOME=str(home)):
+    # snapshots here are seconds old: copy them at once, so these suites also read the region scan cache's copies
+    with env_vars(SKYFED_HOME=str(home), SKYFED_SCAN_CACHE_MIN_AGE="0"):
         seed(WorldConfig(flights=800, seed=11), home)
         spec = load_spec(EXAMPLE)
         _, _, failures = ingest(spec, full_refresh=True)

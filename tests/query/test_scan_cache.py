@@ -286,3 +286,17 @@ def test_commit_is_seen_at_once_and_drops_the_old_copy(ingested_world, fed, clea
     assert tuple(fed.query(sql).arrow().to_pylist()[0].values()) == want
     (after,) = SCAN_CACHE.copies()
     assert after["snapshot_id"] != before["snapshot_id"] and after["rows"] == now.num_rows
+
+
+def test_a_snapshot_younger_than_the_minimum_age_is_not_copied(ingested_world, fed, clean) -> None:
+    """A streamed table committing every few seconds must not be copied at every commit."""
+    sql = "SELECT arr_airport, count(*) AS n FROM na.flight_leg GROUP BY 1"
+    with env_vars(SKYFED_SCAN_CACHE_MIN_AGE="86400"):  # the world's snapshots are minutes old
+        states = [fed.query(sql).report.regions[0].scan_cache["flight_leg"] for _ in range(3)]
+    assert states[0].startswith("miss: first scan"), states
+    assert all(s.startswith("miss: snapshot committed") and "86400 s old" in s for s in states[1:]), states
+    assert SCAN_CACHE.copies() == []
+    with env_vars(SKYFED_SCAN_CACHE_MIN_AGE="0"):  # old enough: the next scan copies it
+        assert fed.query(sql).report.regions[0].scan_cache["flight_leg"] == "fill"
+    with env_vars(SKYFED_SCAN_CACHE_MIN_AGE="-1"), pytest.raises(SkyfedError, match="SKYFED_SCAN_CACHE_MIN_AGE"):
+        fed.query("SELECT dep_airport, count(*) FROM na.flight_leg GROUP BY 1")

@@ -305,8 +305,9 @@ class DuckDBIcebergExecutor:
         total = snap.summary.get("total-records") if snap.summary is not None else None
         rows = int(total) if total is not None else None
         location = table.metadata_location
+        committed_at = snap.timestamp_ms / 1000 if getattr(snap, "timestamp_ms", None) else None
         decision = SCAN_CACHE.decide(con, self.region, name, location, snap.snapshot_id, used,
-                                     table.schema().as_arrow(), rows)  # fmt: skip
+                                     table.schema().as_arrow(), rows, committed_at)  # fmt: skip
         if decision.state == "fill":
             t0 = time.perf_counter()
             try:

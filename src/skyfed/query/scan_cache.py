@@ -47,6 +47,9 @@ from skyfed.errors import SkyfedError
 MB = 1024 * 1024
 DEFAULT_MB = 1024
 ADMIT_ON_SCAN = 2  # a snapshot is copied on its second scan
+# ... and only once it has been current this long ($SKYFED_SCAN_CACHE_MIN_AGE): a streamed table that commits every
+# few seconds while a dashboard polls it would otherwise be copied (seconds of work) at every commit
+MIN_AGE_S = 30.0
 # a statement whose fastest run over copies took more than SLOWER x its fastest run over the files reads the files
 # (measured: DuckDB computes date_trunc over a timestamptz column ~4x faster straight from these Parquet files than
 # from a native table, so the route metric is slower on a copy); the copy is re-tried every REPROBE-th run.
@@ -220,8 +223,9 @@ class ScanCache:
     # ------------------------------------------------------------- look up / decide (under the region's lock)
 
     def decide(self, con: Any, region: str, table: str, location: str, snapshot_id: Any, used: frozenset[str] | None,
-               schema: pa.Schema, rows: int | None) -> Decision:  # fmt: skip
-        """Hit, fill, miss or bypass for one table of a run; the caller holds the region's lock."""
+               schema: pa.Schema, rows: int | None, committed_at: float | None = None) -> Decision:  # fmt: skip
+        """Hit, fill, miss or bypass for one table of a run; the caller holds the region's lock.
+        `committed_at`: the snapshot's commit time (epoch seconds), for the minimum age."""
         key = (region, table)
         budget = budget_bytes()
         with self._lock:
@@ -252,6 +256,12 @@ class ScanCache:
                 return Decision("hit", copy=copy)
         if scans < ADMIT_ON_SCAN:
             return Decision("miss", "first scan of this snapshot (copied on the second)")
+        min_age = _env_float("SKYFED_SCAN_CACHE_MIN_AGE", MIN_AGE_S, "the seconds a snapshot must have been current "
+                             "before it is copied (0: at once)")  # fmt: skip
+        age = time.time() - committed_at if committed_at is not None else None
+        if age is not None and age < min_age:
+            return Decision("miss", f"snapshot committed {max(age, 0):.0f} s ago: copied once it is {min_age:g} s old "
+                            "(a table that commits more often is never copied)")  # fmt: skip
         if rows is None:
             return Decision("bypass", "row count of the snapshot unknown")
         union = seen | frozenset(copy.columns if copy is not None else ())
