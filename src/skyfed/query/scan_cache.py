@@ -213,7 +213,8 @@ class ScanCache:
         self._copies: dict[tuple[str, str], Copy] = {}
         self._scans: dict[tuple[str, str], tuple[str, int, frozenset[str]]] = {}  # location, scans, columns seen
         self._dropped: list[Copy] = []  # stale copies no view serves any more, detached at the next chance
-        # (region, region SQL) -> [fastest seconds over the files, fastest over copies, runs preferring the files]
+        # (region, region SQL) -> [fastest seconds over the files, fastest over copies, runs preferring the files,
+        # runs measured on the files]
         self._timings: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self._clock = itertools.count(1)
         self._names = itertools.count(1)
