@@ -57,7 +57,9 @@ def clean() -> Iterator[None]:
     """No copies and no scan counts before (and after) a test: other modules share the process's cache."""
     clear_scan_cache()
     # states asserted below must not depend on timings: the measured copies-or-files switch is off (tested on its own)
-    with env_vars(SKYFED_SCAN_CACHE_MB=None, SKYFED_SCAN_CACHE_SLOWER="0"):
+    # fills run inline (the run that admits a snapshot makes the copy), so states follow the runs; background
+    # fills (the default) have their own test
+    with env_vars(SKYFED_SCAN_CACHE_MB=None, SKYFED_SCAN_CACHE_SLOWER="0", SKYFED_SCAN_CACHE_FILL="inline"):
         yield
     clear_scan_cache()
 
@@ -300,3 +302,27 @@ def test_a_snapshot_younger_than_the_minimum_age_is_not_copied(ingested_world, f
         assert fed.query(sql).report.regions[0].scan_cache["flight_leg"] == "fill"
     with env_vars(SKYFED_SCAN_CACHE_MIN_AGE="-1"), pytest.raises(SkyfedError, match="SKYFED_SCAN_CACHE_MIN_AGE"):
         fed.query("SELECT dep_airport, count(*) FROM na.flight_leg GROUP BY 1")
+
+
+def test_by_default_the_copy_is_made_in_the_background_after_the_run(ingested_world, fed, clean) -> None:
+    """No query pays for a fill: the admitting run reads the files, a thread copies afterwards."""
+    from skyfed.query.scan_cache import BACKGROUND
+
+    sql = ("SELECT aircraft_type, sum(fuel_kg) AS fuel, count(*) AS n FROM latam.flight_leg "
+           "WHERE status <> 'cancelled' GROUP BY 1")  # fmt: skip
+    with env_vars(SKYFED_SCAN_CACHE_MB="0"):  # the files' answer (an earlier test committed to this table)
+        want = fed.query(sql).arrow()
+    with env_vars(SKYFED_SCAN_CACHE_FILL=None):
+        runs = [fed.query(sql)]
+        runs.append(fed.query(sql))  # admits the snapshot: queues the copy, reads the files
+        assert "fill" not in runs[1].report.regions[0].phases
+        waited = SCAN_CACHE.wait_for_fills()
+        assert waited >= 0 and SCAN_CACHE.last_fill_error is None, SCAN_CACHE.last_fill_error
+        assert [c["table"] for c in SCAN_CACHE.copies() if c["region"] == "latam"] == ["flight_leg"]
+        runs.append(fed.query(sql))
+    labels = [r.report.regions[0].scan_cache["flight_leg"] for r in runs]
+    assert labels == ["miss: first scan of this snapshot (copied on the second)", "miss: " + BACKGROUND, "hit"], labels
+    for r in runs:
+        assert_same(r.arrow(), want, False, sql)
+    with env_vars(SKYFED_SCAN_CACHE_FILL="sideways"), pytest.raises(SkyfedError, match="SKYFED_SCAN_CACHE_FILL"):
+        fed.query("SELECT tail_number, count(*) FROM latam.flight_leg GROUP BY 1")

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from skyfed.connectors import duck
 from skyfed.errors import SkyfedError
-from skyfed.query.scan_cache import ScanCache, columns_used
+from skyfed.query.scan_cache import BACKGROUND, ScanCache, columns_used, fill_in_background
 from skyfed.spec.models import BigQueryStore, IcebergStore, PlatformSpec, Region
 
 
@@ -86,8 +86,35 @@ def _region_lock(region: str) -> threading.Lock:
 SCAN_CACHE = ScanCache(_region_lock)
 
 
+def _fill_in_background(region: str, jobs: list[tuple[str, str, Any, Any]]) -> None:
+    """Fill the queued copies in a thread, under the region's lock, after the run that asked was answered.
+
+    The next run of the region waits for the lock (as it would behind any run); the other
+    regions do not. A copy whose table moved on in between is not made (the next scans decide
+    again); a failed fill leaves nothing and is kept in `SCAN_CACHE.last_fill_error`.
+    """
+
+    def work() -> None:
+        base, _ = _shared_duckdb()
+        for name, location, snapshot_id, decision in jobs:
+            try:
+                with _region_lock(region):
+                    con = base.cursor()
+                    try:
+                        SCAN_CACHE.fill_queued(con, decision, region, name, location, snapshot_id)
+                    finally:
+                        con.close()
+            except Exception as exc:  # noqa: BLE001 - a background fill must not kill the process; queries read the files
+                SCAN_CACHE.last_fill_error = f"{region}.{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            finally:
+                SCAN_CACHE.pending_done(region, name, location)
+
+    SCAN_CACHE.start(threading.Thread(target=work, daemon=True, name=f"skyfed-scan-cache-{region}"))
+
+
 def clear_scan_cache() -> None:
     """Drop every region scan cache copy of this process (between queries: tests, benchmarks)."""
+    SCAN_CACHE.wait_for_fills()  # a fill still running would add a copy after the clear
     base, _ = _shared_duckdb()
     con = base.cursor()
     try:
@@ -196,11 +223,12 @@ class DuckDBIcebergExecutor:
                 from skyfed.query.live import postgres_dsn
 
                 _attach_postgres(base, live.ref[0], postgres_dsn(self.spec, live))
+        later: list[tuple[str, str, Any, Any]] = []  # copies to fill once this run is answered
         with _region_lock(self.region):
             con = base.cursor()
             self._con = con
             try:
-                return self._run(con, store, sql, tables, started)
+                return self._run(con, store, sql, tables, started, later)
             except Exception:
                 if store is not None:  # a stale cached catalog must not stick: reopen it on the next run
                     forget_iceberg_store(self.region, self.store_spec)  # type: ignore[arg-type]
@@ -208,8 +236,11 @@ class DuckDBIcebergExecutor:
             finally:
                 self._con = None
                 con.close()
+                if later:
+                    _fill_in_background(self.region, later)
 
-    def _run(self, con: Any, store: Any, sql: str, tables: list[str], started: float) -> RegionRun:
+    def _run(self, con: Any, store: Any, sql: str, tables: list[str], started: float,
+             later: list[tuple[str, str, Any, Any]]) -> RegionRun:  # fmt: skip
         from skyfed.query.broadcast import arrow_of
 
         phases = {"catalog": 0.0}
@@ -259,7 +290,7 @@ class DuckDBIcebergExecutor:
                 cached[name] = "bypass: " + slower
             else:
                 target = self._scan_cache(con, name, table, snap, used.get(name) if used else None, cached, phases,
-                                          list(reading_copies))  # fmt: skip
+                                          list(reading_copies), later)  # fmt: skip
             if target is not None:
                 reading_copies.append(target)
                 parquet[name] = table.metadata_location
@@ -300,14 +331,21 @@ class DuckDBIcebergExecutor:
             _VIEWS[view] = target
 
     def _scan_cache(self, con: Any, name: str, table: Any, snap: Any, used: frozenset[str] | None,
-                    cached: dict[str, str], phases: dict[str, float], reading: list[str]) -> str | None:  # fmt: skip
-        """The copy's relation when this run reads `name` from the scan cache (a hit, or a fill now), else None."""
+                    cached: dict[str, str], phases: dict[str, float], reading: list[str],
+                    later: list[tuple[str, str, Any, Any]]) -> str | None:  # fmt: skip
+        """The copy's relation when this run reads `name` from the scan cache (a hit, or a fill now), else None.
+        In background mode a fill is queued in `later` and this run reads the files."""
         total = snap.summary.get("total-records") if snap.summary is not None else None
         rows = int(total) if total is not None else None
         location = table.metadata_location
         committed_at = snap.timestamp_ms / 1000 if getattr(snap, "timestamp_ms", None) else None
         decision = SCAN_CACHE.decide(con, self.region, name, location, snap.snapshot_id, used,
                                      table.schema().as_arrow(), rows, committed_at)  # fmt: skip
+        if decision.state == "fill" and fill_in_background():
+            SCAN_CACHE.pending(self.region, name, location)
+            later.append((name, location, snap.snapshot_id, decision))
+            cached[name] = "miss: " + BACKGROUND
+            return None
         if decision.state == "fill":
             t0 = time.perf_counter()
             try:

@@ -50,6 +50,10 @@ ADMIT_ON_SCAN = 2  # a snapshot is copied on its second scan
 # ... and only once it has been current this long ($SKYFED_SCAN_CACHE_MIN_AGE): a streamed table that commits every
 # few seconds while a dashboard polls it would otherwise be copied (seconds of work) at every commit
 MIN_AGE_S = 30.0
+# $SKYFED_SCAN_CACHE_FILL: "background" (default: the run that admits a snapshot reads the files and a thread makes
+# the copy afterwards, so no query pays the seconds a fill takes) or "inline" (that run makes the copy and reads it)
+FILL_MODES = ("background", "inline")
+BACKGROUND = "copy being made in the background (this run reads the files)"
 # a statement whose fastest run over copies took more than SLOWER x its fastest run over the files reads the files
 # (measured: DuckDB computes date_trunc over a timestamptz column ~4x faster straight from these Parquet files than
 # from a native table, so the route metric is slower on a copy); the copy is re-tried every REPROBE-th run.
@@ -64,6 +68,14 @@ def budget_bytes() -> int:
     """The cache budget from $SKYFED_SCAN_CACHE_MB (read per run, so it can change in a live process)."""
     mb = _env_float("SKYFED_SCAN_CACHE_MB", DEFAULT_MB, "the region scan cache's budget in MB (0 turns the cache off)")
     return int(mb * MB)
+
+
+def fill_in_background() -> bool:
+    mode = os.environ.get("SKYFED_SCAN_CACHE_FILL", "").strip().lower() or FILL_MODES[0]
+    if mode not in FILL_MODES:
+        raise SkyfedError(f"SKYFED_SCAN_CACHE_FILL={mode!r} is not one of {', '.join(FILL_MODES)}",
+                          "unset it (background) or set it to inline")  # fmt: skip
+    return mode == "background"
 
 
 def _env_float(name: str, default: float, what: str) -> float:
@@ -219,6 +231,9 @@ class ScanCache:
         self._clock = itertools.count(1)
         self._names = itertools.count(1)
         self.fills = 0
+        self._pending: dict[tuple[str, str], str] = {}  # (region, table) -> location being copied in the background
+        self._threads: list[threading.Thread] = []
+        self.last_fill_error: str | None = None  # the last background fill that failed (region.table: error)
         self.evictions = 0
 
     # ------------------------------------------------------------- look up / decide (under the region's lock)
@@ -257,6 +272,9 @@ class ScanCache:
                 return Decision("hit", copy=copy)
         if scans < ADMIT_ON_SCAN:
             return Decision("miss", "first scan of this snapshot (copied on the second)")
+        with self._lock:
+            if self._pending.get(key) == location:
+                return Decision("miss", BACKGROUND)
         min_age = _env_float("SKYFED_SCAN_CACHE_MIN_AGE", MIN_AGE_S, "the seconds a snapshot must have been current "
                              "before it is copied (0: at once)")  # fmt: skip
         age = time.time() - committed_at if committed_at is not None else None
@@ -352,6 +370,43 @@ class ScanCache:
                 self.fills += 1
         return copy
 
+    # ------------------------------------------------------------- background fills
+
+    def pending(self, region: str, table: str, location: str) -> None:
+        with self._lock:
+            self._pending[(region, table)] = location
+
+    def pending_done(self, region: str, table: str, location: str) -> None:
+        with self._lock:
+            if self._pending.get((region, table)) == location:
+                del self._pending[(region, table)]
+
+    def start(self, thread: threading.Thread) -> None:
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def fill_queued(self, con: Any, decision: Decision, region: str, table: str, location: str,
+                    snapshot_id: Any) -> Copy | None:  # fmt: skip
+        """A queued fill, run later under the region's lock: skipped when the copy exists by now."""
+        with self._lock:
+            have = self._copies.get((region, table))
+            if have is not None and have.location == location and set(decision.columns) <= set(have.columns):
+                return have
+            if have is not None and have.location != location:
+                return None  # the table moved on while the fill waited: the next scans decide again
+            decision.copy = have
+        return self.fill(con, decision, region, table, location, snapshot_id)
+
+    def wait_for_fills(self, timeout: float | None = None) -> float:
+        """Seconds spent waiting for the background fills queued so far (benchmarks, tests, shutdown)."""
+        started = time.perf_counter()
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(timeout)
+        return time.perf_counter() - started
+
     def _make_room(self, con: Any, region: str, need: int, keep: frozenset[str]) -> bool:
         """Evict least recently used copies until resident + `need` fits the budget (under self._memory)."""
         budget = budget_bytes()
@@ -407,6 +462,7 @@ class ScanCache:
                 copies = list(self._copies.values()) + self._dropped
                 self._copies, self._dropped, self._scans = {}, [], {}
                 self._timings.clear()
+                self.last_fill_error = None
             for copy in copies:
                 self._detach(con, copy)
 
