@@ -326,3 +326,19 @@ def test_by_default_the_copy_is_made_in_the_background_after_the_run(ingested_wo
         assert_same(r.arrow(), want, False, sql)
     with env_vars(SKYFED_SCAN_CACHE_FILL="sideways"), pytest.raises(SkyfedError, match="SKYFED_SCAN_CACHE_FILL"):
         fed.query("SELECT tail_number, count(*) FROM latam.flight_leg GROUP BY 1")
+
+
+def test_a_queued_fill_for_a_table_that_moved_on_is_skipped(ingested_world, fed, clean) -> None:
+    """A background fill waits for the region's lock; a commit meanwhile makes it pointless."""
+    from skyfed.query.executors import _shared_duckdb
+    from skyfed.query.scan_cache import Decision
+
+    fed.query("SELECT dep_airport, count(*) FROM latam.flight_leg GROUP BY 1")  # a scan at the current snapshot
+    base, _ = _shared_duckdb()
+    con = base.cursor()
+    try:
+        stale = Decision("fill", columns=("dep_airport",), estimate_bytes=1)
+        assert SCAN_CACHE.fill_queued(con, stale, "latam", "flight_leg", "/an/older/metadata.json", 1) is None
+    finally:
+        con.close()
+    assert SCAN_CACHE.copies() == []

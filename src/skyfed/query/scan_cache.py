@@ -393,7 +393,8 @@ class ScanCache:
             have = self._copies.get((region, table))
             if have is not None and have.location == location and set(decision.columns) <= set(have.columns):
                 return have
-            if have is not None and have.location != location:
+            seen_at = self._scans.get((region, table), (location,))[0]
+            if seen_at != location or (have is not None and have.location != location):
                 return None  # the table moved on while the fill waited: the next scans decide again
             decision.copy = have
         return self.fill(con, decision, region, table, location, snapshot_id)
