@@ -38,7 +38,7 @@ from ingest_kit import (
 from skyfed.connectors.postgres import PARALLEL_MIN_PAGES
 from skyfed.ingest.batch import ingest
 from skyfed.ingest.fused import FUSED_ENV
-from skyfed.ingest.runner import MappingResult, run_mapping
+from skyfed.ingest.runner import POSITION_FROM_READ_NOTE, MappingResult, run_mapping
 from skyfed.spec import PlatformSpec
 
 pytestmark = pytest.mark.services
@@ -204,6 +204,7 @@ def test_first_run_fused_equals_batch(homes: tuple[Home, Home]) -> None:
     rb, rf = batch.run("legs"), fused.run("legs")
     assert not any(FUSED_NOTE in n for n in rb.notes), rb.notes
     assert any(FUSED_NOTE in n for n in rf.notes), f"the fused path did not run: {rf.notes}"
+    assert POSITION_FROM_READ_NOTE in rf.notes and POSITION_FROM_READ_NOTE not in rb.notes, rf.notes
     assert rf.rows_read == 61 and rf.rows_quarantined == 3, report(rf)
     # ids 51..61 repeat the keys of ids 1..11 (id 61 ties with id 11); ids 5 and 9 are quarantined
     assert rf.rows_superseded == 9, report(rf)

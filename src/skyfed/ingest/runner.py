@@ -67,6 +67,7 @@ from skyfed.spec.issues import nearest
 from skyfed.spec.models import Mapping, PlatformSpec
 
 ProgressFn = Callable[[int, int | None], None]  # rows so far, total estimate
+POSITION_FROM_READ_NOTE = "source position: the greatest cursor among the rows read (no separate max(cursor) query)"
 
 @dataclass
 class MappingResult:
@@ -190,13 +191,13 @@ def run_mapping(
         batch_no = 0
         compiled = None
         staged = False
-        unique_keys = False  # the read cannot hold a key twice (fused path over a unique source key)
+        keys_unique = False  # the read cannot hold a key twice (fused path over a unique source key)
         scan = fused.scan(con, connector, request, upto, after, info.schema) if fused_wanted else None
         if scan is not None:
             result.notes.append("read and harmonized in one DuckDB statement (fused PostgreSQL path)")
             source_key = _unique_in_read(connector, mapping, contract, info)
             if source_key is not None:
-                unique_keys = True
+                keys_unique = True
                 result.notes.append(
                     f"contract key follows the source's unique key ({', '.join(source_key)}) and the read is one "
                     "snapshot: no key can repeat, so the search for repeated keys was skipped"
@@ -205,6 +206,7 @@ def run_mapping(
                                 seq_columns=source_key)  # fmt: skip
             if upto is None:
                 upto = fused.read_position(con, after)
+                result.notes.append(POSITION_FROM_READ_NOTE)
         if upto is None:  # the fused path did not apply after all
             upto = connector.position(request)
         result.position_to = position_to_json(upto)
@@ -271,7 +273,7 @@ def run_mapping(
             commit = store.commit_query(
                 mapping.contract,
                 con,
-                _deduplicated(con, contract, staged, unique=unique_keys),
+                _deduplicated(con, contract, staged, unique=keys_unique),
                 key=list(contract.key),
                 mapping=mapping.name,
                 position=position_to_json(upto),
